@@ -1,0 +1,37 @@
+"""diffwave: a DDPM core for audio, with the DiffWave vocoder, unconditional generation and denoising."""
+
+__version__ = "0.1.0"
+
+from diffwave._torch_version import check_torch_version  # noqa: E402
+
+check_torch_version()
+
+from diffwave.config import Config, load_config  # noqa: E402
+from diffwave.diffusion import (  # noqa: E402
+    NoiseSchedule,
+    ReversePlan,
+    ddim,
+    diffusion_loss,
+    fast_schedule,
+    full_chain,
+    sample,
+    variational_bound,
+)
+from diffwave.errors import DiffwaveError  # noqa: E402
+from diffwave.model import DiffWave  # noqa: E402
+
+__all__ = [
+    "Config",
+    "DiffWave",
+    "DiffwaveError",
+    "NoiseSchedule",
+    "ReversePlan",
+    "__version__",
+    "ddim",
+    "diffusion_loss",
+    "fast_schedule",
+    "full_chain",
+    "load_config",
+    "sample",
+    "variational_bound",
+]

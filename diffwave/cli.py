@@ -1,0 +1,74 @@
+"""Command line: argument parsing only; every command calls the Python API.
+
+User errors (`DiffwaveError`) are printed as one line without a traceback, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from diffwave import __version__
+from diffwave.config import PRESETS, config_to_yaml, load_config
+from diffwave.errors import DiffwaveError
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="base",
+                        help=f"a preset ({', '.join(PRESETS)}) or a YAML file (default: base)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. train.batch_size=8 diffusion.loss=l1")
+
+
+def _config_command(args: argparse.Namespace) -> None:
+    print(config_to_yaml(load_config(args.config, args.overrides)), end="")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffwave",
+        description="DiffWave diffusion vocoder toolkit: preprocess, train, vocode, generate, denoise.")
+    parser.add_argument("--version", action="version", version=f"diffwave {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    config = commands.add_parser("config", help="print a resolved config (preset or YAML plus overrides)",
+                                 description="Print the config a run would use, as YAML.")
+    _add_config_arguments(config)
+    config.set_defaults(handler=_config_command)
+    return parser
+
+
+def _run(handler: Callable[[argparse.Namespace], None], args: argparse.Namespace, prog: str) -> int:
+    try:
+        handler(args)
+    except DiffwaveError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return _run(args.handler, args, "diffwave")
+
+
+def vocode_main(argv: Sequence[str] | None = None) -> int:
+    """The `vocode` entry point; synthesis lands with the inference issue (#5)."""
+    parser = argparse.ArgumentParser(prog="vocode", description="Vocode mel spectrograms or audio files.")
+    parser.add_argument("--version", action="version", version=f"diffwave {__version__}")
+    parser.parse_args(argv)
+    print("vocode: error: synthesis is not available in this version yet (tracked by the inference issue)",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

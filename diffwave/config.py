@@ -1,0 +1,244 @@
+"""Configuration: typed dataclasses, named presets, YAML files and `key=value` overrides.
+
+The defaults are the paper's BASE model on LJSpeech. Presets are built in, so an installed package
+needs no conf/ folder; conf/*.yaml mirror them for people and recipes (a test keeps them equal).
+OmegaConf does the merging and type checking; its errors are turned into one-line `ConfigError`s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from diffwave.errors import ConfigError
+
+MEL_PRESETS = ("hifigan", "lmnt")
+SCHEDULES = ("linear", "cosine")
+LOSSES = ("l2", "l1")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+BASE_FAST_SCHEDULE = [1e-4, 1e-3, 1e-2, 5e-2, 0.2, 0.5]
+LARGE_FAST_SCHEDULE = [1e-4, 1e-3, 1e-2, 5e-2, 0.2, 0.7]
+
+
+def _check_choice(section: str, key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{section}.{key} is '{value}', expected one of: {', '.join(choices)}")
+
+
+def _check_positive(section: str, **values: float) -> None:
+    for key, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"{section}.{key} must be positive, got {value}")
+
+
+@dataclass
+class AudioConfig:
+    """Sample rate and log-mel front-end; `mel_preset` fixes the conventions (padding, log, scale)."""
+
+    sample_rate: int = 22050
+    mel_preset: str = "hifigan"
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 256
+    n_mels: int = 80
+    f_min: float = 0.0
+    f_max: float | None = 8000.0  # None: the Nyquist frequency
+
+    def __post_init__(self) -> None:
+        _check_choice("audio", "mel_preset", self.mel_preset, MEL_PRESETS)
+        _check_positive("audio", sample_rate=self.sample_rate, n_fft=self.n_fft,
+                        win_length=self.win_length, hop_length=self.hop_length, n_mels=self.n_mels)
+        if self.win_length > self.n_fft:
+            raise ConfigError(f"audio.win_length ({self.win_length}) exceeds audio.n_fft ({self.n_fft})")
+        nyquist = self.sample_rate / 2
+        f_max = nyquist if self.f_max is None else self.f_max
+        if not 0 <= self.f_min < f_max <= nyquist:
+            raise ConfigError(f"audio.f_min/f_max must satisfy 0 <= f_min < f_max <= {nyquist:g} Hz "
+                              f"(sample_rate / 2), got f_min={self.f_min:g}, f_max={f_max:g}")
+
+
+@dataclass
+class ModelConfig:
+    """The network's size; `conditional: false` drops the mel conditioner (unconditional model)."""
+
+    conditional: bool = True
+    residual_channels: int = 64
+    residual_layers: int = 30
+    dilation_cycle: int = 10
+
+    def __post_init__(self) -> None:
+        _check_positive("model", residual_channels=self.residual_channels,
+                        residual_layers=self.residual_layers, dilation_cycle=self.dilation_cycle)
+
+
+@dataclass
+class DiffusionConfig:
+    """Training noise schedule (T steps), the fast reverse schedule for inference, and the loss."""
+
+    schedule: str = "linear"
+    num_steps: int = 50
+    beta_start: float = 1e-4
+    beta_end: float = 0.05
+    fast_schedule: list[float] = field(default_factory=lambda: list(BASE_FAST_SCHEDULE))
+    loss: str = "l2"
+
+    def __post_init__(self) -> None:
+        _check_choice("diffusion", "schedule", self.schedule, SCHEDULES)
+        _check_choice("diffusion", "loss", self.loss, LOSSES)
+        _check_positive("diffusion", num_steps=self.num_steps)
+        if self.schedule == "linear" and not 0 < self.beta_start <= self.beta_end < 1:
+            raise ConfigError("diffusion.beta_start/beta_end must satisfy 0 < beta_start <= beta_end < 1, "
+                              f"got {self.beta_start:g} and {self.beta_end:g}")
+        if not self.fast_schedule or not all(0 < b < 1 for b in self.fast_schedule):
+            raise ConfigError(f"diffusion.fast_schedule must be a non-empty list of betas in (0, 1), "
+                              f"got {list(self.fast_schedule)}")
+
+
+@dataclass
+class DataConfig:
+    """Training crops: mel frames for the conditional model, raw samples for the unconditional one."""
+
+    crop_frames: int = 62
+    crop_samples: int = 16000
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        _check_positive("data", crop_frames=self.crop_frames, crop_samples=self.crop_samples)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping (Adam at the paper's learning rate)."""
+
+    batch_size: int = 16
+    learning_rate: float = 2e-4
+    max_steps: int = 1_000_000
+    precision: str = "auto"
+    ema_decay: float = 0.9999
+    grad_clip_norm: float | None = None
+    seed: int = 0
+    log_every: int = 100
+    save_every: int = 5000
+    keep_last: int = 3
+
+    def __post_init__(self) -> None:
+        _check_choice("train", "precision", self.precision, PRECISIONS)
+        _check_positive("train", batch_size=self.batch_size, learning_rate=self.learning_rate,
+                        max_steps=self.max_steps, log_every=self.log_every, save_every=self.save_every,
+                        keep_last=self.keep_last)
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class Config:
+    """Everything a run needs; saved whole inside every checkpoint."""
+
+    name: str = "base"
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _large() -> Config:
+    return Config(
+        name="large",
+        model=ModelConfig(residual_channels=128),
+        diffusion=DiffusionConfig(num_steps=200, beta_end=0.02, fast_schedule=list(LARGE_FAST_SCHEDULE)),
+    )
+
+
+def _unconditional() -> Config:
+    """The paper's SC09 recipe: 16 kHz, 1-second crops, no conditioner."""
+    return Config(
+        name="unconditional",
+        audio=AudioConfig(sample_rate=16000),
+        model=ModelConfig(conditional=False, residual_channels=256, residual_layers=36, dilation_cycle=12),
+        diffusion=DiffusionConfig(num_steps=200, beta_end=0.02, fast_schedule=list(LARGE_FAST_SCHEDULE)),
+        data=DataConfig(crop_samples=16000),
+    )
+
+
+def _tiny() -> Config:
+    """A few thousand parameters at 8 kHz: for tests and the CPU quickstart."""
+    return Config(
+        name="tiny",
+        audio=AudioConfig(sample_rate=8000, n_fft=256, win_length=256, hop_length=64, n_mels=20,
+                          f_max=4000.0),
+        model=ModelConfig(residual_channels=8, residual_layers=4, dilation_cycle=2),
+        data=DataConfig(crop_frames=16, crop_samples=2048, num_workers=0),
+        train=TrainConfig(batch_size=4, learning_rate=1e-3, max_steps=1000, log_every=10, save_every=100),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "base": Config,
+    "large": _large,
+    "unconditional": _unconditional,
+    "tiny": _tiny,
+}
+
+
+def _merge(base: Config, source: str, update: Any) -> Config:
+    """Merge `update` (a dict, DictConfig or dotlist config) into `base` with OmegaConf's type checks."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(base), update)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        message = str(getattr(error, "msg", error)).splitlines()[0]
+        key = getattr(error, "full_key", None)
+        where = f" (key '{key}')" if key else ""
+        raise ConfigError(f"{source}: {message}{where}") from None
+
+
+def load_config(spec: str | Path = "base", overrides: Sequence[str] = ()) -> Config:
+    """A preset name or YAML path, then `key=value` overrides (unknown keys and wrong types refused).
+
+    A YAML file is merged onto the BASE defaults, so it may hold only the keys it changes.
+    """
+    spec = str(spec)
+    if spec in PRESETS:
+        config = PRESETS[spec]()
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"config '{spec}' is neither a preset ({', '.join(PRESETS)}) nor an existing "
+                              "YAML file")
+        try:
+            loaded = OmegaConf.load(path)
+        except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as error:
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ConfigError(f"{path}: not a readable YAML config ({first_line})") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: a config file must be a mapping of sections (audio, model, ...)")
+        config = _merge(Config(), str(path), loaded)
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.batch_size=8)")
+    if overrides:
+        config = _merge(config, "override", OmegaConf.from_dotlist(list(overrides)))
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain Python types only, so a checkpoint holding it loads under `torch.load(weights_only=True)`."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
+    """Rebuild a config saved with `config_to_dict`; unknown keys or wrong types are a ConfigError."""
+    return _merge(Config(), source, values)
+
+
+def config_to_yaml(config: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))

@@ -1,0 +1,119 @@
+"""Training objective (epsilon prediction) and the full variational bound used for evaluation.
+
+Both are computed in float32 or wider, outside any autocast region, so mixed-precision training never
+reduces a loss in half precision. The bound is reported per audio sample (per dimension), in nats and bits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from diffwave.diffusion.noise_schedule import NoiseSchedule
+from diffwave.diffusion.sampling import EpsFn, ancestral_mean
+
+LOSS_KINDS = ("l2", "l1")
+
+
+def _per_example_mean(values: Tensor) -> Tensor:
+    return values.flatten(1).mean(dim=1)
+
+
+def epsilon_loss(eps_hat: Tensor, eps: Tensor, kind: str = "l2") -> Tensor:
+    """Per-example mean error between predicted and true noise: L2 (the paper) or L1 (the reference code)."""
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"loss kind must be one of {LOSS_KINDS}, got '{kind}'")
+    error = eps_hat.float() - eps.float()
+    return _per_example_mean(error.square() if kind == "l2" else error.abs())
+
+
+def diffusion_loss(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *, kind: str = "l2",
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """L_simple with one uniformly drawn step per example; returns (per-example loss, the steps drawn)."""
+    t = torch.randint(0, schedule.num_steps, (x0.shape[0],), generator=generator, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    x_t = schedule.q_sample(x0, t, noise)
+    return epsilon_loss(eps_fn(x_t, t.float()), noise, kind), t
+
+
+def gaussian_kl(mean1: Tensor, var1: Tensor | float, mean2: Tensor, var2: Tensor | float) -> Tensor:
+    """KL(N(mean1, var1) || N(mean2, var2)) elementwise, in nats."""
+    var1, var2 = torch.as_tensor(var1, dtype=mean1.dtype), torch.as_tensor(var2, dtype=mean1.dtype)
+    return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2).square()) / var2 - 1)
+
+
+def gaussian_nll(x: Tensor, mean: Tensor, var: Tensor | float) -> Tensor:
+    """-log N(x; mean, var) elementwise, in nats (a continuous decoder for real-valued audio)."""
+    var = torch.as_tensor(var, dtype=x.dtype)
+    return 0.5 * (torch.log(2 * math.pi * var) + (x - mean).square() / var)
+
+
+@dataclass
+class VariationalBound:
+    """The terms of -ELBO for each example, in nats per sample: L_T, L_{t-1} for t = 1..T-1, and L_0."""
+
+    prior: Tensor  # [B]     KL(q(x_{T-1} | x_0) || N(0, I))
+    kl: Tensor  # [B, T-1]   column t-1: KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)), t = 1..T-1
+    decoder: Tensor  # [B]   -log p(x_0 | state 0)
+
+    @property
+    def total(self) -> Tensor:
+        return self.prior + self.kl.sum(dim=1) + self.decoder
+
+    @property
+    def bits_per_sample(self) -> Tensor:
+        return self.total / math.log(2)
+
+
+def reverse_variances(schedule: NoiseSchedule, variance: str | Tensor) -> Tensor:
+    """sigma_t^2 of p(x_{t-1} | x_t) for t = 0..T-1; entry 0 is the decoder's variance.
+
+    "beta_tilde" and "beta" are DDPM's two fixed choices (the decoder takes beta_0 for both, since
+    beta_tilde_0 is zero); a tensor of T variances stands for a model with its own (e.g. learned) ones.
+    """
+    if isinstance(variance, Tensor):
+        variances = variance.to(torch.float64).flatten()
+        if variances.numel() != schedule.num_steps or not (variances > 0).all():
+            raise ValueError(f"need {schedule.num_steps} positive reverse variances, got {variances.numel()}")
+        return variances
+    if variance == "beta_tilde":
+        return torch.cat([schedule.betas[:1], schedule.posterior_variance[1:]])
+    if variance == "beta":
+        return schedule.betas
+    raise ValueError(f"variance must be 'beta_tilde', 'beta' or a tensor, got '{variance}'")
+
+
+@torch.no_grad()
+def variational_bound(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *,
+                      variance: str | Tensor = "beta_tilde",
+                      generator: torch.Generator | None = None) -> VariationalBound:
+    """Monte Carlo estimate (one x_t per term) of the negative ELBO of x0 under the model's reverse chain.
+
+    The reverse variances come from `reverse_variances`; the decoder p(x_0 | state 0) is Gaussian around
+    the model's mean. T model calls per batch.
+    """
+    sigma2 = reverse_variances(schedule, variance)
+    batch = x0.shape[0]
+    last = schedule.num_steps - 1
+    abar_last = schedule.alpha_bars[last].item()
+    prior = _per_example_mean(gaussian_kl(math.sqrt(abar_last) * x0, 1 - abar_last, torch.zeros_like(x0), 1.0))
+
+    def model_mean(t: int) -> tuple[Tensor, Tensor]:
+        steps = torch.full((batch,), t, device=x0.device, dtype=torch.long)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_t = schedule.q_sample(x0, steps, noise)
+        eps = eps_fn(x_t, steps.float()).to(x0.dtype)
+        mean = ancestral_mean(x_t, eps, schedule.alpha_bars[t].item(), schedule.alpha_bars_prev[t].item())
+        return x_t, mean
+
+    kl = x0.new_zeros(batch, last)
+    for t in range(1, last + 1):
+        x_t, p_mean = model_mean(t)
+        q_mean, q_var = schedule.posterior(x0, x_t, torch.full((batch,), t, dtype=torch.long))
+        kl[:, t - 1] = _per_example_mean(gaussian_kl(q_mean, q_var, p_mean, sigma2[t].item()))
+    _, decoder_mean = model_mean(0)
+    decoder = _per_example_mean(gaussian_nll(x0, decoder_mean, sigma2[0].item()))
+    return VariationalBound(prior, kl, decoder)

@@ -1,0 +1,135 @@
+"""Reverse plans: which states the reverse chain visits, as values that one sampling loop runs.
+
+A plan lists, for each reverse step, the alpha_bar of the state it starts from and of the state it moves to,
+the (possibly fractional) training step the model is told, the standard deviation of the fresh noise, and
+which update applies ("ancestral": the DDPM posterior-mean step; "ddim": Song et al.'s generalised step).
+The full chain, DiffWave's fast schedule (Kong et al. 2021, Appendix B) and DDIM are three constructors.
+Index i = 0 is the step that lands on the data; the loop runs i = S-1 down to 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from diffwave.diffusion.noise_schedule import NoiseSchedule, validate_betas
+from diffwave.errors import ScheduleError
+
+UPDATES = ("ancestral", "ddim")
+
+# DiffWave's published 6-step inference schedules (paper, Appendix B).
+FAST_SCHEDULES: dict[str, tuple[float, ...]] = {
+    "base": (1e-4, 1e-3, 1e-2, 5e-2, 0.2, 0.5),
+    "large": (1e-4, 1e-3, 1e-2, 5e-2, 0.2, 0.7),
+}
+
+
+@dataclass(frozen=True)
+class ReversePlan:
+    """The states a reverse chain visits; all tensors are float64 of length S (the number of steps)."""
+
+    name: str
+    alpha_bars: Tensor
+    alpha_bars_prev: Tensor
+    model_steps: Tensor
+    sigmas: Tensor
+    update: str
+
+    def __post_init__(self) -> None:
+        if self.update not in UPDATES:
+            raise ValueError(f"unknown update '{self.update}', expected one of {UPDATES}")
+        lengths = {len(v) for v in (self.alpha_bars, self.alpha_bars_prev, self.model_steps, self.sigmas)}
+        if len(lengths) != 1:
+            raise ValueError(f"plan '{self.name}' has tensors of different lengths {sorted(lengths)}")
+
+    def __len__(self) -> int:
+        return len(self.alpha_bars)
+
+
+def full_chain(schedule: NoiseSchedule, variance: str = "beta_tilde") -> ReversePlan:
+    """DDPM's T-step chain with sigma_t^2 = beta_tilde_t (posterior) or beta_t; no noise on the last step."""
+    if variance == "beta_tilde":
+        sigmas = schedule.posterior_variance.sqrt()
+    elif variance == "beta":
+        sigmas = schedule.betas.sqrt()
+        sigmas[0] = 0.0  # the last step returns the mean (DDPM Algorithm 2)
+    else:
+        raise ValueError(f"variance must be 'beta_tilde' or 'beta', got '{variance}'")
+    steps = torch.arange(schedule.num_steps, dtype=torch.float64)
+    return ReversePlan(f"ddpm-{variance}", schedule.alpha_bars, schedule.alpha_bars_prev, steps, sigmas,
+                       "ancestral")
+
+
+def align_to_training_steps(schedule: NoiseSchedule, alpha_bars: Tensor) -> Tensor:
+    """Fractional training steps whose noise level matches each alpha_bar (DiffWave Appendix B).
+
+    For abar_{t+1} <= g <= abar_t: t_s = t + (sqrt(abar_t) - sqrt(g)) / (sqrt(abar_t) - sqrt(abar_{t+1})).
+    A value outside [abar_{T-1}, abar_0] is refused (the reference implementation drops it silently).
+    """
+    train = schedule.alpha_bars
+    alpha_bars = torch.as_tensor(alpha_bars, dtype=torch.float64)
+    lowest, highest = train[-1].item(), train[0].item()
+    outside = (alpha_bars < lowest) | (alpha_bars > highest)
+    if outside.any():
+        index = int(outside.nonzero()[0])
+        raise ScheduleError(
+            f"reverse schedule step {index + 1} has alpha_bar {alpha_bars[index].item():.6g}, outside the "
+            f"training schedule's range [{lowest:.6g}, {highest:.6g}] (T={schedule.num_steps}); "
+            "choose betas whose cumulative product stays inside it")
+    # t = the last training step still at least as clean as g (alpha_bars decrease with t).
+    t = (train[None, :] >= alpha_bars[:, None]).sum(dim=1) - 1
+    next_t = (t + 1).clamp(max=schedule.num_steps - 1)
+    span = train[t].sqrt() - train[next_t].sqrt()
+    fraction = torch.where(span > 0, (train[t].sqrt() - alpha_bars.sqrt()) / span.clamp(min=1e-300),
+                           torch.zeros_like(span))
+    return t.to(torch.float64) + fraction
+
+
+def fast_schedule(schedule: NoiseSchedule, inference_betas: Sequence[float] | Tensor | str) -> ReversePlan:
+    """DiffWave's fast sampler: its own short beta schedule, each state aligned to a fractional step.
+
+    `inference_betas` is a list of betas (eta_1..eta_S) or a preset name from FAST_SCHEDULES.
+    """
+    if isinstance(inference_betas, str):
+        if inference_betas not in FAST_SCHEDULES:
+            raise ScheduleError(f"unknown fast schedule '{inference_betas}', expected one of "
+                                f"{', '.join(FAST_SCHEDULES)} or a list of betas")
+        inference_betas = FAST_SCHEDULES[inference_betas]
+    etas = validate_betas(inference_betas, "fast schedule")
+    gammas = torch.cumprod(1 - etas, dim=0)
+    gammas_prev = torch.cat([gammas.new_ones(1), gammas[:-1]])
+    sigmas = ((1 - gammas_prev) / (1 - gammas) * etas).sqrt()
+    return ReversePlan(f"fast-{len(etas)}", gammas, gammas_prev, align_to_training_steps(schedule, gammas),
+                       sigmas, "ancestral")
+
+
+def ddim_steps(num_training_steps: int, num_steps: int) -> list[int]:
+    """An evenly spaced increasing subsequence of 0..T-1 that always ends at the noisiest step T-1."""
+    if not 1 <= num_steps <= num_training_steps:
+        raise ScheduleError(f"DDIM needs between 1 and {num_training_steps} steps, got {num_steps}")
+    spaced = torch.linspace(0, num_training_steps - 1, num_steps, dtype=torch.float64).round().long()
+    return spaced.tolist()
+
+
+def ddim(schedule: NoiseSchedule, steps: int | Sequence[int], eta: float = 0.0) -> ReversePlan:
+    """DDIM (Song et al. 2021) over a number of steps or an explicit increasing subsequence of 0..T-1.
+
+    eta = 0 is deterministic; eta = 1 adds the posterior's noise (DDPM-like on the subsequence).
+    """
+    if isinstance(steps, int):
+        steps = ddim_steps(schedule.num_steps, steps)
+    indices = torch.as_tensor(list(steps), dtype=torch.long)
+    if indices.numel() == 0 or (indices[1:] <= indices[:-1]).any():
+        raise ScheduleError(f"DDIM steps must be a non-empty strictly increasing list, got {list(steps)}")
+    if indices[0] < 0 or indices[-1] >= schedule.num_steps:
+        raise ScheduleError(f"DDIM steps must lie in 0..{schedule.num_steps - 1}, got {list(steps)}")
+    if eta < 0:
+        raise ScheduleError(f"DDIM eta must be >= 0, got {eta}")
+    alpha_bars = schedule.alpha_bars[indices]
+    alpha_bars_prev = torch.cat([alpha_bars.new_ones(1), alpha_bars[:-1]])
+    sigmas = eta * ((1 - alpha_bars_prev) / (1 - alpha_bars) * (1 - alpha_bars / alpha_bars_prev)).sqrt()
+    return ReversePlan(f"ddim-{len(indices)}", alpha_bars, alpha_bars_prev, indices.to(torch.float64),
+                       sigmas, "ddim")

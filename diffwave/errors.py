@@ -1,0 +1,22 @@
+"""User-facing errors.
+
+Everything a user can cause (a bad config, a schedule out of range, a missing file) raises a
+`DiffwaveError` subclass carrying one clear sentence; the CLI prints it without a traceback and exits 2.
+Programming errors stay ordinary exceptions so that they keep their tracebacks.
+"""
+
+
+class DiffwaveError(Exception):
+    """Base class of errors that the user can fix; the message is one self-contained sentence."""
+
+
+class ConfigError(DiffwaveError):
+    """A config file, preset name or `key=value` override is invalid."""
+
+
+class ScheduleError(DiffwaveError):
+    """A noise schedule or reverse schedule is invalid or outside the training schedule's range."""
+
+
+class AudioError(DiffwaveError):
+    """An audio file is missing, unreadable, truncated, empty, silent or holds non-finite samples."""

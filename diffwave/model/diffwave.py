@@ -1,0 +1,210 @@
+"""The DiffWave network (Kong et al. 2021): step embedding, mel upsampler, gated residual stack.
+
+Parameter names follow the reference implementation (lmnt-com/diffwave) so its checkpoints load as they
+are. One deliberate difference: the mel conditioning of all layers is computed once per utterance by
+`condition`, because it does not depend on the diffusion step; samplers then reuse it at every step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffwave.config import Config
+from diffwave.errors import ConfigError
+
+EMBEDDING_DIM = 128  # sinusoidal table width (64 sines + 64 cosines), fixed by the reference checkpoints
+EMBEDDING_HIDDEN = 512
+
+
+def _conv1d(in_channels: int, out_channels: int, kernel_size: int, **kwargs: int) -> nn.Conv1d:
+    """Kaiming-normal weights, as the reference initialises every Conv1d."""
+    layer = nn.Conv1d(in_channels, out_channels, kernel_size, **kwargs)
+    nn.init.kaiming_normal_(layer.weight)
+    return layer
+
+
+def upsample_strides(hop_length: int) -> tuple[int, int]:
+    """Split the hop into two strides, as balanced as possible (256 -> 16 x 16, 300 -> 15 x 20)."""
+    for low in range(math.isqrt(hop_length), 1, -1):
+        if hop_length % low == 0:
+            return low, hop_length // low
+    raise ConfigError(f"hop_length {hop_length} cannot be split into two upsampling strides of at least 2 "
+                      "each; use a composite hop of at least 4 (e.g. 256)")
+
+
+class DiffusionEmbedding(nn.Module):
+    """Sinusoidal step embedding + MLP; fractional steps (DiffWave's fast sampler) interpolate rows."""
+
+    embedding: Tensor
+
+    def __init__(self, num_steps: int) -> None:
+        super().__init__()
+        self.num_steps = num_steps
+        # Not persistent: it is a pure function of num_steps, and the reference checkpoints omit it.
+        self.register_buffer("embedding", self._build_table(num_steps), persistent=False)
+        self.projection1 = nn.Linear(EMBEDDING_DIM, EMBEDDING_HIDDEN)
+        self.projection2 = nn.Linear(EMBEDDING_HIDDEN, EMBEDDING_HIDDEN)
+
+    @staticmethod
+    def _build_table(num_steps: int) -> Tensor:
+        steps = torch.arange(num_steps).unsqueeze(1)
+        dims = torch.arange(EMBEDDING_DIM // 2).unsqueeze(0)
+        table = steps * 10.0 ** (dims * 4.0 / 63.0)
+        return torch.cat([torch.sin(table), torch.cos(table)], dim=1)
+
+    def lookup(self, t: Tensor) -> Tensor:
+        """Rows of the table for steps t [B] (0-based); a float t between rows interpolates linearly."""
+        if t.ndim != 1:
+            raise ValueError(f"diffusion steps must have shape [batch], got {tuple(t.shape)}")
+        # Written as a negated range test so that NaN steps are refused too.
+        if not bool(((t >= 0) & (t <= self.num_steps - 1)).all()):
+            raise ValueError(f"diffusion steps must lie in [0, {self.num_steps - 1}], got "
+                             f"min {t.min().item():g}, max {t.max().item():g}")
+        if not t.is_floating_point():
+            return self.embedding[t.long()]
+        low_index = torch.floor(t)
+        low = self.embedding[low_index.long()]
+        high = self.embedding[torch.ceil(t).long()]
+        weight = (t - low_index).unsqueeze(-1).to(low.dtype)
+        return low + (high - low) * weight
+
+    def forward(self, t: Tensor) -> Tensor:
+        x = F.silu(self.projection1(self.lookup(t)))
+        return F.silu(self.projection2(x))
+
+
+class SpectrogramUpsampler(nn.Module):
+    """Two transposed 2-D convolutions stretch F mel frames to exactly F * hop samples."""
+
+    def __init__(self, hop_length: int) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = (self._stage(stride) for stride in upsample_strides(hop_length))
+
+    @staticmethod
+    def _stage(stride: int) -> nn.ConvTranspose2d:
+        # Kernel 2s, padding ceil(s/2): (F-1)s - 2ceil(s/2) + 2s = F*s for even s (the reference's 16 x 16),
+        # and F*s - 1 for odd s, which output_padding = 1 completes.
+        return nn.ConvTranspose2d(1, 1, (3, 2 * stride), stride=(1, stride), padding=(1, (stride + 1) // 2),
+                                  output_padding=(0, stride % 2))
+
+    def forward(self, mel: Tensor) -> Tensor:
+        x = F.leaky_relu(self.conv1(mel.unsqueeze(1)), 0.4)
+        x = F.leaky_relu(self.conv2(x), 0.4)
+        return x.squeeze(1)
+
+
+class ResidualBlock(nn.Module):
+    """One gated WaveNet layer; its mel conditioning arrives already projected (see DiffWave.condition)."""
+
+    def __init__(self, residual_channels: int, dilation: int, n_mels: int | None) -> None:
+        super().__init__()
+        self.dilated_conv = _conv1d(residual_channels, 2 * residual_channels, 3, padding=dilation,
+                                    dilation=dilation)
+        self.diffusion_projection = nn.Linear(EMBEDDING_HIDDEN, residual_channels)
+        if n_mels is not None:
+            self.conditioner_projection = _conv1d(n_mels, 2 * residual_channels, 1)
+        self.output_projection = _conv1d(residual_channels, 2 * residual_channels, 1)
+
+    def forward(self, x: Tensor, step_embedding: Tensor,
+                conditioning: Tensor | None) -> tuple[Tensor, Tensor]:
+        y = self.dilated_conv(x + self.diffusion_projection(step_embedding).unsqueeze(-1))
+        if conditioning is not None:
+            y = y + conditioning
+        gate, filter_ = torch.chunk(y, 2, dim=1)
+        y = self.output_projection(torch.sigmoid(gate) * torch.tanh(filter_))
+        residual, skip = torch.chunk(y, 2, dim=1)
+        return (x + residual) / math.sqrt(2.0), skip
+
+
+class DiffWave(nn.Module):
+    """eps_theta(x_t, t, mel): the noise estimate for audio x_t [B, N] at 0-based steps t [B].
+
+    `n_mels=None` builds the unconditional model (no upsampler, no conditioner projections).
+    """
+
+    def __init__(self, *, num_steps: int, residual_channels: int = 64, residual_layers: int = 30,
+                 dilation_cycle: int = 10, n_mels: int | None = 80, hop_length: int = 256) -> None:
+        super().__init__()
+        self.num_steps = num_steps
+        self.residual_channels = residual_channels
+        self.n_mels = n_mels
+        self.hop_length = hop_length
+        self.input_projection = _conv1d(1, residual_channels, 1)
+        self.diffusion_embedding = DiffusionEmbedding(num_steps)
+        if n_mels is not None:
+            self.spectrogram_upsampler = SpectrogramUpsampler(hop_length)
+        self.residual_layers = nn.ModuleList(
+            ResidualBlock(residual_channels, 2 ** (i % dilation_cycle), n_mels)
+            for i in range(residual_layers)
+        )
+        self.skip_projection = _conv1d(residual_channels, residual_channels, 1)
+        self.output_projection = _conv1d(residual_channels, 1, 1)
+        # Zero output at init: training starts from eps_hat = 0 rather than from random noise.
+        nn.init.zeros_(self.output_projection.weight)
+        nn.init.zeros_(self.output_projection.bias)
+
+    @classmethod
+    def from_config(cls, config: Config) -> DiffWave:
+        model = config.model
+        return cls(num_steps=config.diffusion.num_steps, residual_channels=model.residual_channels,
+                   residual_layers=model.residual_layers, dilation_cycle=model.dilation_cycle,
+                   n_mels=config.audio.n_mels if model.conditional else None,
+                   hop_length=config.audio.hop_length)
+
+    @property
+    def conditional(self) -> bool:
+        return self.n_mels is not None
+
+    def condition(self, mel: Tensor) -> Tensor | None:
+        """All layers' conditioning for mel [B, n_mels, F], as [B, L, 2C, F * hop]; None if unconditional.
+
+        It does not depend on the step, so samplers compute it once per utterance; the L per-layer 1x1
+        projections run as one convolution with their weights stacked.
+        """
+        if self.n_mels is None:
+            return None
+        if mel.ndim != 3 or mel.shape[1] != self.n_mels:
+            raise ValueError(f"mel must have shape [batch, {self.n_mels}, frames], got {tuple(mel.shape)}")
+        upsampled = self.spectrogram_upsampler(mel)
+        projections = [layer.conditioner_projection for layer in self.residual_layers]
+        weight = torch.cat([p.weight for p in projections])
+        bias = torch.cat([p.bias for p in projections])
+        conditioning = F.conv1d(upsampled, weight, bias)
+        batch, _, length = conditioning.shape
+        return conditioning.view(batch, len(projections), 2 * self.residual_channels, length)
+
+    def _check_conditioning(self, x: Tensor, cond: Tensor | None) -> None:
+        if self.n_mels is None:
+            if cond is not None:
+                raise ValueError("the unconditional model takes no conditioning; pass cond=None")
+            return
+        if cond is None:
+            raise ValueError("the conditional model needs cond=model.condition(mel)")
+        expected = (x.shape[0], len(self.residual_layers), 2 * self.residual_channels, x.shape[1])
+        if tuple(cond.shape) != expected:
+            raise ValueError(f"cond has shape {tuple(cond.shape)} but audio of shape {tuple(x.shape)} needs "
+                             f"{expected} (mel frames * hop_length must equal the audio length)")
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Noise estimate [B, N] for x [B, N] at steps t [B]; cond comes from `condition`, never recomputed.
+
+        Float steps between integers are accepted because DiffWave's fast sampler needs them.
+        """
+        if x.ndim != 2:
+            raise ValueError(f"audio must have shape [batch, samples], got {tuple(x.shape)}")
+        if t.shape != x.shape[:1]:
+            raise ValueError(f"steps must have shape [{x.shape[0]}] to match the audio, got {tuple(t.shape)}")
+        self._check_conditioning(x, cond)
+        h = F.relu(self.input_projection(x.unsqueeze(1)))
+        step_embedding = self.diffusion_embedding(t)
+        skip_sum = None
+        for i, layer in enumerate(self.residual_layers):
+            h, skip = layer(h, step_embedding, None if cond is None else cond[:, i])
+            skip_sum = skip if skip_sum is None else skip_sum + skip
+        h = skip_sum / math.sqrt(len(self.residual_layers))
+        h = F.relu(self.skip_projection(h))
+        return self.output_projection(h).squeeze(1)

@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from diffwave.config import load_config
+from diffwave.errors import ConfigError
+from diffwave.model import DiffWave
+from diffwave.model.diffwave import SpectrogramUpsampler, upsample_strides
+
+TINY = dict(num_steps=10, residual_channels=4, residual_layers=3, dilation_cycle=2, n_mels=5, hop_length=6)
+
+
+def tiny(**overrides: int | None) -> DiffWave:
+    torch.manual_seed(0)
+    return DiffWave(**{**TINY, **overrides})
+
+
+def randomise_output(model: DiffWave) -> None:
+    """The output projection starts at zero; give it weights so outputs and gradients are non-trivial."""
+    with torch.no_grad():
+        model.output_projection.weight.normal_()
+        model.output_projection.bias.normal_()
+
+
+def naive_forward(model: DiffWave, x: Tensor, t: Tensor, mel: Tensor) -> Tensor:
+    """The reference implementation's way: every layer projects the upsampled mel on its own."""
+    upsampled = model.spectrogram_upsampler(mel)
+    emb = model.diffusion_embedding(t)
+    h = F.relu(model.input_projection(x.unsqueeze(1)))
+    skips = []
+    for layer in model.residual_layers:
+        y = layer.dilated_conv(h + layer.diffusion_projection(emb).unsqueeze(-1))
+        y = y + layer.conditioner_projection(upsampled)
+        gate, filter_ = torch.chunk(y, 2, dim=1)
+        y = layer.output_projection(torch.sigmoid(gate) * torch.tanh(filter_))
+        residual, skip = torch.chunk(y, 2, dim=1)
+        h = (h + residual) / math.sqrt(2.0)
+        skips.append(skip)
+    h = torch.stack(skips).sum(0) / math.sqrt(len(skips))
+    h = F.relu(model.skip_projection(h))
+    return model.output_projection(h).squeeze(1)
+
+
+def test_base_parameter_count_and_reference_names() -> None:
+    model = DiffWave(num_steps=50)
+    assert sum(p.numel() for p in model.parameters()) == 2_619_971
+    state = model.state_dict()
+    for name in [
+        "input_projection.weight",
+        "diffusion_embedding.projection1.weight",
+        "diffusion_embedding.projection2.bias",
+        "spectrogram_upsampler.conv1.weight",
+        "spectrogram_upsampler.conv2.weight",
+        "residual_layers.0.dilated_conv.weight",
+        "residual_layers.29.diffusion_projection.weight",
+        "residual_layers.29.conditioner_projection.weight",
+        "residual_layers.29.output_projection.bias",
+        "skip_projection.weight",
+        "output_projection.bias",
+    ]:
+        assert name in state, name
+    assert "diffusion_embedding.embedding" not in state
+    assert model.diffusion_embedding.embedding.shape == (50, 128)
+    assert "residual_layers.30.dilated_conv.weight" not in state
+    assert model.residual_layers[9].dilated_conv.dilation == (512,)
+    assert model.residual_layers[10].dilated_conv.dilation == (1,)
+    assert model.spectrogram_upsampler.conv1.stride == (1, 16)
+
+
+def test_embedding_table_matches_reference_formula() -> None:
+    table = DiffWave(**TINY).diffusion_embedding.embedding
+    step, dim = 7, 10
+    angle = step * 10.0 ** (dim * 4.0 / 63.0)
+    assert table[step, dim].item() == pytest.approx(math.sin(angle), abs=1e-5)
+    assert table[step, 64 + dim].item() == pytest.approx(math.cos(angle), abs=1e-5)
+
+
+def test_unconditional_output_shape_for_odd_length() -> None:
+    model = tiny(n_mels=None)
+    out = model(torch.randn(2, 1001), torch.tensor([0, 9]))
+    assert out.shape == (2, 1001)
+
+
+@pytest.mark.parametrize(("hop", "strides"), [(256, (16, 16)), (300, (15, 20)), (225, (15, 15)), (6, (2, 3))])
+def test_upsampler_gives_frames_times_hop(hop: int, strides: tuple[int, int]) -> None:
+    assert upsample_strides(hop) == strides
+    upsampler = SpectrogramUpsampler(hop)
+    out = upsampler(torch.randn(2, 3, 7))
+    assert out.shape == (2, 3, 7 * hop)
+
+
+def test_condition_shape_matches_audio_length() -> None:
+    model = tiny()
+    cond = model.condition(torch.randn(2, 5, 4))
+    assert cond.shape == (2, 3, 8, 4 * 6)
+    assert model(torch.randn(2, 24), torch.tensor([1, 2]), cond).shape == (2, 24)
+
+
+@pytest.mark.parametrize("hop", [257, 2, 3, 1])
+def test_hop_without_two_strides_raises(hop: int) -> None:
+    with pytest.raises(ConfigError, match=str(hop)):
+        DiffWave(**{**TINY, "hop_length": hop})
+
+
+def test_output_is_exactly_zero_at_init() -> None:
+    model = tiny()
+    mel = torch.randn(2, 5, 3)
+    out = model(torch.randn(2, 18), torch.tensor([3, 7]), model.condition(mel))
+    assert torch.equal(out, torch.zeros(2, 18))
+
+
+def test_cached_conditioning_equals_per_layer_computation() -> None:
+    model = tiny()
+    randomise_output(model)
+    mel, x, t = torch.randn(2, 5, 4), torch.randn(2, 24), torch.tensor([0.5, 8.0])
+    with torch.no_grad():
+        cached = model(x, t, model.condition(mel))
+        naive = naive_forward(model, x, t, mel)
+    assert cached.abs().max() > 1e-3
+    torch.testing.assert_close(cached, naive, atol=1e-5, rtol=1e-5)
+
+
+def test_fractional_step_interpolates_rows() -> None:
+    embedding = tiny().diffusion_embedding
+    rows = embedding.embedding
+    torch.testing.assert_close(embedding.lookup(torch.tensor([2.25]))[0], 0.75 * rows[2] + 0.25 * rows[3])
+    assert torch.equal(embedding.lookup(torch.tensor([2.0, 9.0])), embedding.lookup(torch.tensor([2, 9])))
+
+
+def test_integer_float_steps_give_same_output_as_long_steps() -> None:
+    model = tiny(n_mels=None)
+    randomise_output(model)
+    x = torch.randn(2, 30)
+    assert torch.equal(model(x, torch.tensor([4.0, 0.0])), model(x, torch.tensor([4, 0])))
+
+
+@pytest.mark.parametrize("t", [[-1], [10], [9.5], [-0.1], [float("nan")]])
+def test_step_out_of_range_raises(t: list[float]) -> None:
+    model = tiny(n_mels=None)
+    with pytest.raises(ValueError, match="steps"):
+        model(torch.randn(1, 12), torch.tensor(t))
+
+
+def test_unconditional_model_has_no_conditioner() -> None:
+    model = tiny(n_mels=None)
+    names = {name for name, _ in model.named_parameters()}
+    assert not any("conditioner_projection" in name or "spectrogram_upsampler" in name for name in names)
+    assert model.condition(torch.randn(1, 5, 2)) is None
+    with pytest.raises(ValueError, match="unconditional"):
+        model(torch.randn(1, 12), torch.tensor([1]), torch.zeros(1, 3, 8, 12))
+
+
+def test_conditional_model_refuses_missing_or_misfit_cond() -> None:
+    model = tiny()
+    x, t = torch.randn(1, 24), torch.tensor([1])
+    with pytest.raises(ValueError, match="condition"):
+        model(x, t)
+    with pytest.raises(ValueError, match="hop_length"):
+        model(x, t, model.condition(torch.randn(1, 5, 3)))
+    with pytest.raises(ValueError, match="mel"):
+        model.condition(torch.randn(1, 6, 3))
+
+
+def test_gradients_reach_every_parameter() -> None:
+    model = tiny()
+    randomise_output(model)
+    mel = torch.randn(2, 5, 4)
+    out = model(torch.randn(2, 24), torch.tensor([1.5, 6.0]), model.condition(mel))
+    out.square().mean().backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_from_config_presets() -> None:
+    tiny_config = load_config("tiny")
+    model = DiffWave.from_config(tiny_config)
+    assert model.conditional and model.hop_length == tiny_config.audio.hop_length
+    assert len(model.residual_layers) == tiny_config.model.residual_layers
+    assert model.diffusion_embedding.embedding.shape[0] == tiny_config.diffusion.num_steps
+    assert model.residual_layers[0].conditioner_projection.in_channels == tiny_config.audio.n_mels
+
+    unconditional = DiffWave.from_config(load_config("unconditional"))
+    assert not unconditional.conditional
+    assert len(unconditional.residual_layers) == 36
+    assert "residual_layers.0.conditioner_projection.weight" not in unconditional.state_dict()
