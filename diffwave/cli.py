@@ -26,6 +26,15 @@ def _config_command(args: argparse.Namespace) -> None:
     print(config_to_yaml(load_config(args.config, args.overrides)), end="")
 
 
+def _preprocess_command(args: argparse.Namespace) -> None:
+    from diffwave.data.preprocess import preprocess
+
+    result = preprocess(args.corpus, args.out, load_config(args.config, args.overrides),
+                        corpus_format=args.format, jobs=args.jobs, strict_rate=args.strict_rate)
+    print(f"preprocess: {result.summary()}; features in {result.out_dir}, skipped files listed in "
+          f"{result.out_dir / 'report.tsv'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffwave",
@@ -37,6 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Print the config a run would use, as YAML.")
     _add_config_arguments(config)
     config.set_defaults(handler=_config_command)
+
+    prep = commands.add_parser(
+        "preprocess", help="corpus -> resampled audio + log-mel features + manifest",
+        description="Validate, resample and featurise a corpus into OUT (never writes into CORPUS). "
+                    "Bad files are skipped and listed in OUT/report.tsv; a rerun reuses finished files.")
+    prep.add_argument("corpus", help="corpus folder (LJSpeech layout: metadata.csv + wavs/, or any folder of audio)")
+    prep.add_argument("out", help="output feature folder")
+    prep.add_argument("--format", choices=("auto", "ljspeech", "folder"), default="auto",
+                      help="corpus layout (default: ljspeech when metadata.csv exists, else folder)")
+    prep.add_argument("--jobs", type=int, default=1, help="worker processes (default: 1)")
+    prep.add_argument("--strict-rate", action="store_true",
+                      help="refuse files at another sample rate instead of resampling them")
+    _add_config_arguments(prep)
+    prep.set_defaults(handler=_preprocess_command)
     return parser
 
 

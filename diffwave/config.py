@@ -109,9 +109,14 @@ class DataConfig:
     crop_frames: int = 62
     crop_samples: int = 16000
     num_workers: int = 2
+    valid_fraction: float = 0.01  # of the utterances not in the test split
+    test_fraction: float = 0.02  # folder corpora; LJSpeech holds out LJ001* and LJ002*, as the reference did
 
     def __post_init__(self) -> None:
         _check_positive("data", crop_frames=self.crop_frames, crop_samples=self.crop_samples)
+        for key in ("valid_fraction", "test_fraction"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"data.{key} must lie in [0, 1), got {getattr(self, key)}")
 
 
 @dataclass

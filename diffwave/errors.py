@@ -19,4 +19,15 @@ class ScheduleError(DiffwaveError):
 
 
 class AudioError(DiffwaveError):
-    """An audio file is missing, unreadable, truncated, empty, silent or holds non-finite samples."""
+    """An audio file is missing, unreadable, corrupt, empty, silent or otherwise unusable.
+
+    `problem` is the short category ("truncated WAV", "empty", ...) that preprocess reports count.
+    """
+
+    def __init__(self, message: str, problem: str = "unusable audio") -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
+class DataError(DiffwaveError):
+    """A corpus, its metadata or a preprocessed feature folder is missing, malformed or inconsistent."""

@@ -43,7 +43,7 @@ _U32_MAX = 0xFFFFFFFF
 
 def _refusal(path: Path, problem: str, expected: str, found: str) -> AudioError:
     """Every refusal reads the same way: file, problem, expected against found."""
-    return AudioError(f"{path}: {problem}: expected {expected}, found {found}")
+    return AudioError(f"{path}: {problem}: expected {expected}, found {found}", problem)
 
 
 def _soundfile_reason(error: Exception) -> str:

@@ -1,0 +1,1 @@
+"""Corpora, preprocessing into feature folders, and the training datasets read from them."""
