@@ -35,6 +35,18 @@ def _preprocess_command(args: argparse.Namespace) -> None:
           f"{result.out_dir / 'report.tsv'}")
 
 
+def _train_command(args: argparse.Namespace) -> None:
+    from diffwave.training.run import train
+
+    overrides = list(args.overrides) + ([f"train.max_steps={args.max_steps}"] if args.max_steps else [])
+    result = train(load_config(args.config, overrides), args.data, args.out, resume=args.resume,
+                   overwrite=args.overwrite, device=args.device)
+    if result is not None:
+        last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
+        print(f"train: stopped at step {result.step}, last loss {last}, {result.skipped_steps} skipped steps; "
+              f"checkpoints in {args.out}/checkpoints, TensorBoard logs in {args.out}/logs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffwave",
@@ -60,6 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="refuse files at another sample rate instead of resampling them")
     _add_config_arguments(prep)
     prep.set_defaults(handler=_preprocess_command)
+
+    train = commands.add_parser(
+        "train", help="train DiffWave on a feature folder (single process, or under torchrun for DDP)",
+        description="Train the conditional or unconditional model (by config) from 'diffwave preprocess' output. "
+                    "A run folder that holds checkpoints is resumed from its newest one. Under torchrun, "
+                    "train.batch_size is the global batch, split across processes.")
+    train.add_argument("--data", required=True, help="feature folder made by 'diffwave preprocess'")
+    train.add_argument("--out", required=True, help="run folder: checkpoints/ and logs/ (TensorBoard)")
+    train.add_argument("--max-steps", type=int, help="stop at this step (same as train.max_steps=N)")
+    train.add_argument("--resume", action="store_true", help="require a checkpoint in --out to resume from")
+    train.add_argument("--overwrite", action="store_true", help="delete what --out holds and start over")
+    train.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _add_config_arguments(train)
+    train.set_defaults(handler=_train_command)
     return parser
 
 

@@ -129,16 +129,25 @@ class TrainConfig:
     precision: str = "auto"
     ema_decay: float = 0.9999
     grad_clip_norm: float | None = None
+    warmup_steps: int = 0  # linear learning-rate warm-up
     seed: int = 0
     log_every: int = 100
+    valid_every: int = 1000  # validation loss of the EMA model
+    sample_every: int = 5000  # vocode a few validation crops: audio, mel images, valid/mel_l1
+    num_samples: int = 2
     save_every: int = 5000
     keep_last: int = 3
+    max_non_finite_steps: int = 25  # consecutive skipped steps before training stops
+    dist_timeout_s: int = 1800  # how long a rank waits for the others before the run fails
 
     def __post_init__(self) -> None:
         _check_choice("train", "precision", self.precision, PRECISIONS)
         _check_positive("train", batch_size=self.batch_size, learning_rate=self.learning_rate,
-                        max_steps=self.max_steps, log_every=self.log_every, save_every=self.save_every,
-                        keep_last=self.keep_last)
+                        max_steps=self.max_steps, log_every=self.log_every, valid_every=self.valid_every,
+                        sample_every=self.sample_every, save_every=self.save_every, keep_last=self.keep_last,
+                        max_non_finite_steps=self.max_non_finite_steps, dist_timeout_s=self.dist_timeout_s)
+        if self.warmup_steps < 0 or self.num_samples < 0:
+            raise ConfigError("train.warmup_steps and train.num_samples must not be negative")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
 
@@ -182,7 +191,8 @@ def _tiny() -> Config:
                           f_max=4000.0),
         model=ModelConfig(residual_channels=8, residual_layers=4, dilation_cycle=2),
         data=DataConfig(crop_frames=16, crop_samples=2048, num_workers=0),
-        train=TrainConfig(batch_size=4, learning_rate=1e-3, max_steps=1000, log_every=10, save_every=100),
+        train=TrainConfig(batch_size=4, learning_rate=1e-3, max_steps=1000, ema_decay=0.999, log_every=10,
+                          valid_every=100, sample_every=500, save_every=100),
     )
 
 

@@ -31,3 +31,11 @@ class AudioError(DiffwaveError):
 
 class DataError(DiffwaveError):
     """A corpus, its metadata or a preprocessed feature folder is missing, malformed or inconsistent."""
+
+
+class TrainingError(DiffwaveError):
+    """Training cannot go on: diverged (non-finite losses), too little data, or a run folder conflict."""
+
+
+class CheckpointError(DiffwaveError):
+    """A checkpoint is missing, unsafe, corrupt or from another config."""

@@ -1,0 +1,388 @@
+"""The training loop: epsilon-loss steps with AMP, DDP, EMA, a non-finite guard, validation and checkpoints.
+
+Exact resume is by construction rather than by saving every RNG: the crop of item i in epoch e is a
+function of (seed, epoch, i) (see data.dataset), the sampler is a function of (seed, epoch) and can start
+mid-epoch, and the diffusion step and noise of each example come from a generator seeded with
+(seed, step, utterance id). A checkpoint therefore only needs the weights, EMA, optimizer, scheduler, scaler and
+the position (step, epoch, batch in epoch) to continue bit-identically. The same keying makes a run on
+N processes see the same global batches, steps and noise as a run on one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DataLoader
+
+from diffwave.audio import LogMel
+from diffwave.config import Config, config_to_dict
+from diffwave.data.dataset import crops_for_training, crops_for_validation
+from diffwave.diffusion import NoiseSchedule, epsilon_loss, fast_schedule, sample
+from diffwave.errors import DataError, TrainingError
+from diffwave.model import DiffWave
+from diffwave.training.checkpoint import (
+    FORMAT_VERSION,
+    capture_rng_state,
+    check_compatible,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from diffwave.training.distributed import DistributedContext, ResumableSampler, all_reduce_sum
+from diffwave.training.monitor import Monitor, loss_by_step_buckets
+
+logger = logging.getLogger("diffwave.train")
+
+VALIDATION_SEED = 1234  # fixed steps and noise, so valid/loss is comparable across a run
+
+
+class NoiseEstimator(nn.Module):
+    """(x_t, t, mel) -> eps_hat in one forward, so DDP sees the conditioner inside its forward pass."""
+
+    def __init__(self, model: DiffWave) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x_t: Tensor, t: Tensor, mel: Tensor | None) -> Tensor:
+        return self.model(x_t, t, None if mel is None else self.model.condition(mel))
+
+
+class _EmaWithWarmup:
+    """EMA update for AveragedModel: decay min(decay, (1 + n) / (10 + n)), so early averages track the
+    quickly changing weights instead of the random initialisation."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+
+    def __call__(self, averaged: list[Tensor], current: list[Tensor], _num_averaged: Tensor) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, cur in zip(averaged, current, strict=True):
+            avg.lerp_(cur, 1 - decay)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' means bf16 on a CUDA device that supports it, fp16 on an older GPU, fp32 on the CPU."""
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def example_seed(seed: int, step: int, item_id: str) -> int:
+    """A well-mixed 63-bit seed for one example of one step (numpy's SeedSequence does the mixing).
+
+    Keyed by the utterance id rather than the rank, so a run on N processes draws the same steps and
+    noise for the same global batch as a run on one.
+    """
+    words = [seed, step, zlib.crc32(item_id.encode())]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float] = field(default_factory=list)  # rank-mean training loss of each step of this process
+    skipped_steps: int = 0
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run; refuses to mix runs in one folder.
+
+    A folder with checkpoints resumes from the newest (said in the log); `resume=True` demands one;
+    a non-empty folder without checkpoints is refused unless `overwrite`, which clears it first.
+    """
+    if overwrite and run_dir.exists():
+        if resume:
+            raise TrainingError("--resume and --overwrite contradict each other; choose one")
+        shutil.rmtree(run_dir)
+    checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    if checkpoint is None:
+        if resume:
+            raise TrainingError(f"--resume given, but {run_dir} holds no checkpoint to resume from")
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            raise TrainingError(f"{run_dir} is not empty and holds no checkpoint; choose a new --out folder or "
+                                "pass --overwrite to start over there")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return checkpoint
+
+
+class Trainer:
+    """One training run of `config` on a feature folder, writing checkpoints and logs to `run_dir`."""
+
+    def __init__(self, config: Config, data_dir: Path | str, run_dir: Path | str, context: DistributedContext,
+                 *, resume_from: Path | None = None) -> None:
+        self.config, self.context = config, context
+        self.run_dir, self.device = Path(run_dir), context.device
+        train = config.train
+        if train.batch_size % context.world_size:
+            raise TrainingError(f"train.batch_size {train.batch_size} (the global batch) must be divisible by the "
+                                f"{context.world_size} processes")
+        self.precision = resolve_precision(train.precision, self.device)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.schedule = NoiseSchedule.from_config(config.diffusion)
+        torch.manual_seed(train.seed)  # the initial weights; all later randomness has its own seeds
+        self.model = DiffWave.from_config(config).to(self.device)
+        self.ema_update = _EmaWithWarmup(train.ema_decay)
+        self.ema = AveragedModel(self.model, multi_avg_fn=self.ema_update, use_buffers=True)
+        self.estimator: nn.Module = NoiseEstimator(self.model)
+        if context.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.estimator = DistributedDataParallel(self.estimator, device_ids=device_ids)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.learning_rate)
+        warmup = train.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        # GradScaler only for fp16: bf16 has fp32's exponent range and must not be scaled (MMAudio#49).
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.step = self.epoch = self.batch_in_epoch = self.non_finite_streak = self.non_finite_total = 0
+        self.generator = torch.Generator(self.device)
+
+        self.dataset = crops_for_training(data_dir, config, "train", seed=train.seed)
+        self.sampler = ResumableSampler(self.dataset, context, seed=train.seed)
+        self.local_batch = train.batch_size // context.world_size
+        if len(self.sampler) < self.local_batch:
+            raise DataError(f"{data_dir}: the training split has {len(self.dataset)} utterances, fewer than one "
+                            f"global batch of {train.batch_size}; lower train.batch_size or add data")
+        self.validation = self._validation_set(data_dir) if context.is_main else None
+        if resume_from is not None:
+            self._restore(resume_from)
+
+    def _validation_set(self, data_dir: Path | str):
+        try:
+            return crops_for_validation(data_dir, self.config)
+        except DataError as error:
+            logger.warning("no validation: %s", error)
+            return None
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "config": config_to_dict(self.config),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "non_finite_total": self.non_finite_total,
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict(),
+            "ema_updates": self.ema_update.updates,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng_state(),
+        }
+
+    def _restore(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        for note in check_compatible(state["config"], self.config):
+            logger.info("resuming with a changed setting: %s", note)
+        self.model.load_state_dict(state["model"])
+        self.ema.module.load_state_dict(state["ema"])
+        self.ema.n_averaged.fill_(state["ema_updates"])
+        self.ema_update.updates = state["ema_updates"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler.is_enabled() and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.non_finite_total = state["non_finite_total"]
+        if self.context.is_main:
+            logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch,
+                        self.batch_in_epoch)
+
+    def save(self) -> Path | None:
+        if not self.context.is_main:
+            return None
+        return save_checkpoint(self.run_dir, self.step, self.state(), self.config.train.keep_last)
+
+    # --- one step ------------------------------------------------------------------------------------
+    def _draws(self, ids: list[str], shape: torch.Size) -> tuple[Tensor, Tensor]:
+        """Diffusion step and noise of each example, from its own seed (see `example_seed`)."""
+        steps, noises = [], []
+        for item_id in ids:
+            self.generator.manual_seed(example_seed(self.config.train.seed, self.step, item_id))
+            steps.append(torch.randint(0, self.schedule.num_steps, (1,), generator=self.generator, device=self.device))
+            noises.append(torch.randn(shape, generator=self.generator, device=self.device))
+        return torch.cat(steps), torch.stack(noises)
+
+    def _train_step(self, batch: dict[str, Any]) -> tuple[float, float, Tensor, Tensor] | None:
+        """One optimizer step; returns (loss, grad norm, steps t, per-example losses) or None if skipped."""
+        audio = batch["audio"].to(self.device, non_blocking=True)
+        mel = batch["mel"].to(self.device, non_blocking=True) if "mel" in batch else None
+        t, noise = self._draws(batch["id"], audio.shape[1:])
+        x_t = self.schedule.q_sample(audio, t, noise)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            eps_hat = self.estimator(x_t, t.float(), mel)
+        losses = epsilon_loss(eps_hat, noise, self.config.diffusion.loss)  # fp32, outside autocast
+        loss = losses.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.config.train.grad_clip_norm or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        # One collective per step: the rank-mean loss for logging, and agreement on whether to step.
+        summary = torch.stack([loss.detach(), (~torch.isfinite(loss.detach()) | ~torch.isfinite(grad_norm)).float()])
+        summary = all_reduce_sum(summary, self.context)
+        mean_loss, any_non_finite = (summary[0] / self.context.world_size).item(), summary[1].item() > 0
+        if any_non_finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()  # fp16: halves the scale after an overflow; a no-op otherwise
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.ema.update_parameters(self.model)
+        self.ema_update.updates += 1
+        return mean_loss, grad_norm.item(), t.detach(), losses.detach()
+
+    # --- validation ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        """Epsilon loss of the EMA model on fixed crops, fixed steps and fixed noise (rank 0 only)."""
+        if not self.validation:
+            return None
+        batch = next(iter(DataLoader(self.validation, batch_size=min(len(self.validation), 16))))
+        audio = batch["audio"].to(self.device)
+        generator = torch.Generator(self.device).manual_seed(VALIDATION_SEED)
+        t = torch.randint(0, self.schedule.num_steps, (audio.shape[0],), generator=generator, device=self.device)
+        noise = torch.randn(audio.shape, generator=generator, device=self.device)
+        model = self.ema.module.eval()
+        mel = batch["mel"].to(self.device) if "mel" in batch else None
+        cond = None if mel is None else model.condition(mel)
+        eps_hat = model(self.schedule.q_sample(audio, t, noise), t.float(), cond)
+        return epsilon_loss(eps_hat, noise, self.config.diffusion.loss).mean().item()
+
+    @torch.no_grad()
+    def vocode_samples(self, monitor: Monitor) -> float | None:
+        """Vocode a few validation crops with the EMA model and the fast sampler; log audio and mels."""
+        if not self.validation or self.config.train.num_samples == 0:
+            return None
+        count = min(self.config.train.num_samples, len(self.validation))
+        batch = next(iter(DataLoader(self.validation, batch_size=count)))
+        model = self.ema.module.eval()
+        mel = batch["mel"].to(self.device) if "mel" in batch else None
+        cond = None if mel is None else model.condition(mel)
+        plan = fast_schedule(self.schedule, self.config.diffusion.fast_schedule)
+        audio = sample(plan, lambda x, t: model(x, t, cond), tuple(batch["audio"].shape),
+                       generator=torch.Generator(self.device).manual_seed(VALIDATION_SEED), device=self.device,
+                       clip=True)
+        rate = self.config.audio.sample_rate
+        for i in range(count):
+            monitor.audio(self.step, f"sample/{i}/generated", audio[i].cpu(), rate)
+        if mel is None:
+            return None
+        generated_mel = LogMel(self.config.audio).to(self.device)(audio)[..., : mel.shape[-1]]
+        for i in range(count):
+            monitor.audio(self.step, f"sample/{i}/reference", batch["audio"][i], rate)
+            monitor.mel_image(self.step, f"sample/{i}/mel_reference", mel[i].cpu())
+            monitor.mel_image(self.step, f"sample/{i}/mel_generated", generated_mel[i].cpu())
+        return (generated_mel - mel[..., : generated_mel.shape[-1]]).abs().mean().item()
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def _loader(self) -> DataLoader:
+        self.dataset.set_epoch(self.epoch)
+        self.sampler.set_position(self.epoch, self.batch_in_epoch * self.local_batch)
+        workers = self.config.data.num_workers
+        return DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler, drop_last=True,
+                          num_workers=workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
+
+    def fit(self, on_step: Callable[[Trainer], None] | None = None) -> TrainResult:
+        """Train until train.max_steps; `on_step` runs after every step (tests use it to inject faults)."""
+        train = self.config.train
+        result = TrainResult(self.step)
+        if self.context.is_main:
+            logger.info("training %s (%s parameters) on %s in %s, %d process(es), global batch %d, from step %d",
+                        self.config.name, f"{sum(p.numel() for p in self.model.parameters()):,}", self.device,
+                        self.precision, self.context.world_size, train.batch_size, self.step)
+        interval: dict[str, list] = {"loss": [], "grad_norm": [], "t": [], "losses": []}
+        interval_start = time.perf_counter()
+        with Monitor(self.run_dir / "logs", enabled=self.context.is_main, start_step=self.step,
+                     total_steps=train.max_steps, log_every=train.log_every) as monitor:
+            while self.step < train.max_steps:
+                for batch in self._loader():
+                    outcome = self._train_step(batch)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    if outcome is None:
+                        self._count_non_finite(monitor)
+                        result.skipped_steps += 1
+                    else:
+                        self.non_finite_streak = 0
+                        loss, grad_norm, t, losses = outcome
+                        result.losses.append(loss)
+                        for key, value in zip(interval, (loss, grad_norm, t, losses), strict=True):
+                            interval[key].append(value)
+                        monitor.step_done(self.step, loss)
+                    if on_step is not None:
+                        on_step(self)
+                    if self.step % train.log_every == 0 and interval["loss"]:
+                        elapsed = time.perf_counter() - interval_start
+                        self._log_interval(monitor, interval, elapsed)
+                        interval = {key: [] for key in interval}
+                        interval_start = time.perf_counter()
+                    if self.context.is_main:
+                        self._validate(monitor)
+                    # No checkpoint during a run of skipped steps: the last good one is kept as it is.
+                    due = self.step % train.save_every == 0 or self.step == train.max_steps
+                    if due and self.non_finite_streak == 0:
+                        self.save()
+                    if self.step >= train.max_steps:
+                        break
+                else:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+        result.step = self.step
+        return result
+
+    def _count_non_finite(self, monitor: Monitor) -> None:
+        self.non_finite_streak += 1
+        self.non_finite_total += 1
+        message = f"non-finite loss or gradients at step {self.step}: step skipped ({self.non_finite_streak} in a row)"
+        logger.warning(message)
+        monitor.text(self.step, "train/events", message)
+        monitor.scalars(self.step, {"train/non_finite_steps": float(self.non_finite_total)})
+        if self.non_finite_streak >= self.config.train.max_non_finite_steps:
+            raise TrainingError(f"non-finite loss at step {self.step}: {self.non_finite_streak} steps in a row were "
+                                "skipped, so training stops; the last good checkpoint is kept. Lower "
+                                "train.learning_rate, set train.grad_clip_norm, or use train.precision=fp32")
+
+    def _log_interval(self, monitor: Monitor, interval: dict[str, list], elapsed: float) -> None:
+        values = {
+            "train/loss": float(np.mean(interval["loss"])),
+            "train/grad_norm": float(np.mean(interval["grad_norm"])),
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+            "train/steps_per_sec": len(interval["loss"]) / max(elapsed, 1e-9),
+        }
+        values |= loss_by_step_buckets(torch.cat(interval["t"]).cpu(), torch.cat(interval["losses"]).cpu(),
+                                       self.schedule.num_steps)
+        monitor.scalars(self.step, values)
+
+    def _validate(self, monitor: Monitor) -> None:
+        train = self.config.train
+        if self.step % train.valid_every == 0:
+            loss = self.validation_loss()
+            if loss is not None:
+                monitor.scalars(self.step, {"valid/loss": loss})
+        if self.step % train.sample_every == 0:
+            mel_l1 = self.vocode_samples(monitor)
+            if mel_l1 is not None:
+                monitor.scalars(self.step, {"valid/mel_l1": mel_l1})

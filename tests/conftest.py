@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny synthetic corpus preprocessed into a feature folder, made once per session."""
+
+from pathlib import Path
+
+import pytest
+
+from diffwave.config import load_config
+from diffwave.data.preprocess import preprocess
+from tests.audio_fixtures import write_tone
+
+
+def make_tone_corpus(root: Path, count: int, sample_rate: int, seconds: float = 0.5) -> Path:
+    """A folder of vowel-like clips with different pitches, lengths and seeds."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        write_tone(root / f"clip{i:02d}.wav", sample_rate, seconds + 0.05 * (i % 4), seed=i, f0=110 + 15 * i)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tmp_path_factory) -> Path:
+    """13 clips at 8 kHz -> features for the tiny config (11 train, 1 valid, 1 test after the split)."""
+    base = tmp_path_factory.mktemp("tiny")
+    config = load_config("tiny", ["data.valid_fraction=0.1", "data.test_fraction=0.05"])
+    corpus = make_tone_corpus(base / "corpus", 13, config.audio.sample_rate)
+    preprocess(corpus, base / "features", config)
+    return base / "features"
