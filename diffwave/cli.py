@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from diffwave import __version__
 from diffwave.config import PRESETS, config_to_yaml, load_config
@@ -45,6 +46,15 @@ def _train_command(args: argparse.Namespace) -> None:
         last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
         print(f"train: stopped at step {result.step}, last loss {last}, {result.skipped_steps} skipped steps; "
               f"checkpoints in {args.out}/checkpoints, TensorBoard logs in {args.out}/logs")
+
+
+def _export_command(args: argparse.Namespace) -> None:
+    from diffwave.training.checkpoint import export_safetensors
+
+    if Path(args.output).exists() and not args.force:
+        raise DiffwaveError(f"{args.output} already exists; pass --force to replace it")
+    export_safetensors(args.checkpoint, args.output, use_ema=not args.raw)
+    print(f"export: {'raw' if args.raw else 'EMA'} weights and config of {args.checkpoint} written to {args.output}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     _add_config_arguments(train)
     train.set_defaults(handler=_train_command)
+
+    export = commands.add_parser(
+        "export", help="training checkpoint -> .safetensors with the EMA weights and the config",
+        description="Write the EMA weights (or --raw weights) of a training checkpoint as safetensors, with the "
+                    "full config as JSON metadata, for inference and sharing.")
+    export.add_argument("checkpoint", help="a step_*.pt file from a run's checkpoints/ folder")
+    export.add_argument("output", help="the .safetensors file to write")
+    export.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA weights")
+    export.add_argument("--force", action="store_true", help="replace an existing output file")
+    export.set_defaults(handler=_export_command)
     return parser
 
 

@@ -10,8 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from diffwave.config import load_config
 from diffwave.errors import CheckpointError, TrainingError
-from diffwave.training.checkpoint import latest_checkpoint, load_checkpoint
-from diffwave.training.distributed import init_distributed
+from diffwave.training.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights
+from diffwave.training.distributed import DistributedContext, ResumableSampler, init_distributed
 from diffwave.training.run import train
 from diffwave.training.trainer import Trainer, prepare_run_dir
 
@@ -186,3 +186,50 @@ def test_a_few_hundred_steps_lower_the_validation_loss(tiny_features, tmp_path):
     trainer.fit()
     after = trainer.validation_loss()
     assert after < 0.6 * before, (before, after)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch MARKER",))
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tiny_features, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save({"format_version": 1, "payload": _RunsCode()}, folder / "step_00000003.pt")
+    (folder / "latest").write_text("step_00000003.pt")
+    with pytest.raises(CheckpointError, match=r"step_00000003\.pt.*(posix|os)\.system"):
+        train(tiny("train.max_steps=6"), tiny_features, tmp_path / "run", resume=True, device="cpu")
+    assert not (tmp_path / "MARKER").exists()
+
+
+def test_export_command_writes_loadable_ema_weights(tiny_features, tmp_path):
+    train(tiny("train.max_steps=3"), tiny_features, tmp_path / "run", device="cpu")
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00000003.pt"
+    command = [sys.executable, "-m", "diffwave", "export", str(checkpoint), str(tmp_path / "model.safetensors")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    weights, config = load_model_weights(tmp_path / "model.safetensors")
+    ema = load_checkpoint(checkpoint)["ema"]
+    assert weights.keys() == ema.keys() and all(torch.equal(weights[k], ema[k]) for k in ema)
+    assert config["model"]["residual_channels"] == 8
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "already exists; pass --force" in again.stderr
+
+
+def test_sampler_reshuffles_per_epoch_with_disjoint_shards_and_resumes_mid_epoch():
+    data = list(range(11))
+    ranks = [ResumableSampler(data, DistributedContext(r, 2, r, torch.device("cpu")), seed=5) for r in (0, 1)]
+    epochs = []
+    for epoch in (0, 1):
+        for sampler in ranks:
+            sampler.set_position(epoch, 0)
+        shards = [list(sampler) for sampler in ranks]
+        assert len(shards[0]) == len(shards[1]) == 5 and not set(shards[0]) & set(shards[1])
+        epochs.append(shards)
+    assert epochs[0] != epochs[1]
+    ranks[0].set_position(1, 3)
+    assert list(ranks[0]) == epochs[1][0][3:] and len(ranks[0]) == 2

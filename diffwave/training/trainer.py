@@ -190,7 +190,7 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
-        for note in check_compatible(state["config"], self.config):
+        for note in check_compatible(state["config"], self.config, source=str(path)):
             logger.info("resuming with a changed setting: %s", note)
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
