@@ -18,6 +18,7 @@ from diffwave.diffusion import (  # noqa: E402
     variational_bound,
 )
 from diffwave.errors import DiffwaveError  # noqa: E402
+from diffwave.inference import Vocoder  # noqa: E402
 from diffwave.model import DiffWave  # noqa: E402
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "DiffwaveError",
     "NoiseSchedule",
     "ReversePlan",
+    "Vocoder",
     "__version__",
     "ddim",
     "diffusion_loss",

@@ -57,6 +57,50 @@ def _export_command(args: argparse.Namespace) -> None:
     print(f"export: {'raw' if args.raw else 'EMA'} weights and config of {args.checkpoint} written to {args.output}")
 
 
+_VOCODE_DESCRIPTION = ("Vocode mel spectrograms (.npy or .pt, [n_mels, frames]) or audio files (copy synthesis), "
+                       "or folders of them, into OUTDIR/<name>.wav with a trained checkpoint.")
+
+
+def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="mel files, audio files or folders")
+    parser.add_argument("--checkpoint", required=True, help="a training checkpoint (.pt) or exported .safetensors")
+    parser.add_argument("-o", "--out", required=True, help="output folder (must exist)")
+    parser.add_argument("--sampler", choices=("fast", "ddim", "ddpm"), default="fast",
+                        help="fast: DiffWave's short schedule (default); ddim: --steps deterministic steps; "
+                             "ddpm: the full chain")
+    parser.add_argument("--steps", type=int, help="DDIM steps")
+    parser.add_argument("--schedule", help="fast schedule: a preset (base, large) or comma-separated betas")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--batch-size", type=int, default=1, help="mels vocoded together (default: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    parser.add_argument("--force", action="store_true", help="replace existing output files")
+
+
+def _parse_schedule(text: str | None) -> str | list[float] | None:
+    if text is None or not any(c.isdigit() for c in text):
+        return text
+    try:
+        return [float(value) for value in text.split(",")]
+    except ValueError:
+        raise DiffwaveError(f"--schedule '{text}' is neither a preset name nor comma-separated betas") from None
+
+
+def _vocode_command(args: argparse.Namespace) -> int | None:
+    import torch
+
+    from diffwave.inference.files import vocode_files
+    from diffwave.inference.vocoder import Vocoder
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    vocoder = Vocoder.from_checkpoint(args.checkpoint, device=args.device, dtype=dtype)
+    summary = vocode_files(vocoder, args.inputs, args.out, sampler=args.sampler, steps=args.steps,
+                           schedule=_parse_schedule(args.schedule), batch_size=args.batch_size, seed=args.seed,
+                           force=args.force)
+    print(f"vocode: {summary.line()}; wavs in {args.out}")
+    return 2 if summary.failures else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffwave",
@@ -106,16 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA weights")
     export.add_argument("--force", action="store_true", help="replace an existing output file")
     export.set_defaults(handler=_export_command)
+
+    vocode = commands.add_parser("vocode", help="mel or audio files -> wav files with a trained checkpoint",
+                                 description=_VOCODE_DESCRIPTION)
+    _add_vocode_arguments(vocode)
+    vocode.set_defaults(handler=_vocode_command)
     return parser
 
 
-def _run(handler: Callable[[argparse.Namespace], None], args: argparse.Namespace, prog: str) -> int:
+def _run(handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace, prog: str) -> int:
+    """Run a command; a user error is one line on stderr and exit code 2, never a traceback."""
     try:
-        handler(args)
+        return handler(args) or 0
     except DiffwaveError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,13 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def vocode_main(argv: Sequence[str] | None = None) -> int:
-    """The `vocode` entry point; synthesis lands with the inference issue (#5)."""
-    parser = argparse.ArgumentParser(prog="vocode", description="Vocode mel spectrograms or audio files.")
+    """The `vocode` console script: the same as `diffwave vocode`."""
+    parser = argparse.ArgumentParser(prog="vocode", description=_VOCODE_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"diffwave {__version__}")
-    parser.parse_args(argv)
-    print("vocode: error: synthesis is not available in this version yet (tracked by the inference issue)",
-          file=sys.stderr)
-    return 2
+    _add_vocode_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return _run(_vocode_command, args, "vocode")
 
 
 if __name__ == "__main__":

@@ -39,3 +39,7 @@ class TrainingError(DiffwaveError):
 
 class CheckpointError(DiffwaveError):
     """A checkpoint is missing, unsafe, corrupt or from another config."""
+
+
+class VocodeError(DiffwaveError):
+    """An input the vocoder cannot use: wrong mel shape or range, unconditional checkpoint, ..."""

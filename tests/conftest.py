@@ -25,3 +25,15 @@ def tiny_features(tmp_path_factory) -> Path:
     corpus = make_tone_corpus(base / "corpus", 13, config.audio.sample_rate)
     preprocess(corpus, base / "features", config)
     return base / "features"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_features, tmp_path_factory) -> Path:
+    """A tiny conditional model trained for 20 steps: enough to load and vocode, not to sound good."""
+    from diffwave.training.run import train
+
+    run_dir = tmp_path_factory.mktemp("tiny-run") / "run"
+    overrides = ["train.max_steps=20", "train.log_every=100", "train.valid_every=100", "train.sample_every=100",
+                 "train.save_every=20"]
+    train(load_config("tiny", overrides), tiny_features, run_dir, device="cpu")
+    return run_dir / "checkpoints" / "step_00000020.pt"

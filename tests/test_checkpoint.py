@@ -437,3 +437,13 @@ def test_the_package_never_loads_pickles_unsafely():
     assert len(sources) > 10
     offenders = {str(path.relative_to(ROOT)): unsafe_loads(path.read_text()) for path in sources}
     assert {path: calls for path, calls in offenders.items() if calls} == {}
+
+
+def test_inference_loader_names_a_renamed_torch_checkpoint(tmp_path):
+    """RELIABILITY A4 through the path the vocoder uses, not only through load_safetensors."""
+    from diffwave.training.checkpoint import load_model_weights
+
+    path = tmp_path / "model.safetensors"
+    torch.save({"format_version": 1, "ema": {"w": torch.zeros(2)}}, path)
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_model_weights(path)

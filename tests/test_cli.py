@@ -37,12 +37,6 @@ def test_user_errors_are_one_line_with_exit_code_2(args):
     assert "Traceback" not in result.stderr
 
 
-def test_vocode_entry_point_says_it_is_not_available_yet():
-    from diffwave.cli import vocode_main
-
-    assert vocode_main([]) == 2
-
-
 def test_old_torch_is_warned_about():
     with pytest.warns(RuntimeWarning, match=r"torch 2\.5\.1 is older than 2\.10.*CVE-2025-32434"):
         assert not check_torch_version("2.5.1")

@@ -445,13 +445,14 @@ def _safetensors_config(metadata: dict[str, str], path: Path) -> dict[str, Any]:
 def load_model_weights(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """(weights, config dict) for inference from a training checkpoint (its EMA weights) or a .safetensors.
 
-    Dispatch is by content first: a torch zip is a checkpoint whatever its name; otherwise a `.safetensors`
-    name or a JSON header after the 8-byte prefix means safetensors; anything else goes to
-    `load_checkpoint`, which refuses it with the reason.
+    A `.safetensors` name always goes to `load_safetensors`, which names a torch checkpoint under that name
+    as "not a safetensors file" (torch itself would misread it as safetensors: "header too large"); other
+    names holding a JSON header after the 8-byte prefix are safetensors too; the rest goes to
+    `load_checkpoint`, which refuses what it cannot load with the reason.
     """
     path = Path(path)
     head = _read_head(path, 9)
-    if not head.startswith(_ZIP_MAGIC) and (path.suffix == ".safetensors" or head[8:9] == b"{"):
+    if path.suffix == ".safetensors" or (not head.startswith(_ZIP_MAGIC) and head[8:9] == b"{"):
         return load_safetensors(path)
     checkpoint = load_checkpoint(path)
     key = "ema" if checkpoint.get("ema") is not None else "model"

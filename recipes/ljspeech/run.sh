@@ -5,7 +5,7 @@
 #                           [--stage N] [--stop-stage M] [--jobs J] [key=value ...]
 #
 # Stages: 0 check the corpus, 1 preprocess, 2 train, 3 vocode the test split, 4 evaluate.
-# Stages whose commands are not in this version yet say so and stop with exit code 3.
+# Stage 4 is not in this version yet: it says so and stops with exit code 3.
 set -euo pipefail
 
 corpus="" out="" config="conf/base.yaml" stage=0 stop_stage=4 jobs=$(nproc 2>/dev/null || echo 1)
@@ -55,12 +55,19 @@ if run_stage 1; then
 fi
 
 if run_stage 2; then
-  $diffwave train --help >/dev/null 2>&1 || not_yet 2 train "diffwave train"
+  echo "== stage 2: train into $out/train"
   $diffwave train --config "$config" --data "$features" --out "$out/train" "${overrides[@]}"
 fi
 
 if run_stage 3; then
-  $diffwave vocode --help >/dev/null 2>&1 || not_yet 3 vocode "diffwave vocode"
+  echo "== stage 3: vocode the test split into $out/vocoded"
+  pointer="$out/train/checkpoints/latest"
+  [ -f "$pointer" ] || { echo "run.sh: error: no checkpoint in $out/train/checkpoints (run stage 2 first)" >&2; exit 2; }
+  mels=()
+  while read -r id; do mels+=("$features/mel/$id.npy"); done < "$features/test.txt"
+  [ ${#mels[@]} -gt 0 ] || { echo "run.sh: error: the test split in $features/test.txt is empty" >&2; exit 2; }
+  mkdir -p "$out/vocoded"
+  $diffwave vocode --checkpoint "$out/train/checkpoints/$(cat "$pointer")" "${mels[@]}" -o "$out/vocoded" --force
 fi
 
 if run_stage 4; then

@@ -1,0 +1,146 @@
+"""Vocode files: mel files (.npy/.pt) and audio files (copy synthesis) in, WAV files out.
+
+One bad input is reported and skipped; the others are still vocoded. Outputs are written atomically,
+never over an input, and over an existing file only when asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from diffwave.audio import read_audio, write_audio
+from diffwave.data.corpus import AUDIO_SUFFIXES
+from diffwave.errors import DiffwaveError, VocodeError
+from diffwave.inference.vocoder import Vocoder
+
+logger = logging.getLogger("diffwave.vocode")
+
+MEL_SUFFIXES = (".npy", ".pt")
+
+
+@dataclass
+class VocodeSummary:
+    files: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def real_time_factor(self) -> float:
+        """Compute seconds per second of audio (below 1 is faster than real time)."""
+        return self.wall_seconds / self.audio_seconds if self.audio_seconds else float("nan")
+
+    def line(self) -> str:
+        return (f"{self.files} files, {self.audio_seconds:.2f} s of audio in {self.wall_seconds:.2f} s "
+                f"(real-time factor {self.real_time_factor:.3f}), {len(self.failures)} failed")
+
+
+def find_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Mel and audio files named directly or found (recursively) in named folders, in a stable order."""
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in
+                            MEL_SUFFIXES + AUDIO_SUFFIXES and not p.name.startswith("."))
+        else:
+            found.append(item)
+    return found
+
+
+def load_mel_file(path: Path) -> torch.Tensor:
+    """A [n_mels, frames] mel from .npy (no pickle) or .pt (weights_only), refused clearly otherwise."""
+    try:
+        if path.suffix.lower() == ".npy":
+            mel = torch.from_numpy(np.load(path, allow_pickle=False))
+        else:
+            mel = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError, EOFError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise VocodeError(f"{path}: not a readable mel file ({first_line})") from None
+    if not isinstance(mel, torch.Tensor) or mel.ndim != 2:
+        shape = tuple(mel.shape) if isinstance(mel, torch.Tensor) else type(mel).__name__
+        raise VocodeError(f"{path}: expected a mel of shape [n_mels, frames], found {shape}")
+    return mel.float()
+
+
+def _input_mel(vocoder: Vocoder, path: Path) -> torch.Tensor:
+    if not path.exists():
+        raise VocodeError(f"{path}: no such file")
+    if path.suffix.lower() in MEL_SUFFIXES:
+        return load_mel_file(path)
+    if path.suffix.lower() in AUDIO_SUFFIXES:
+        return vocoder.mel(read_audio(path, vocoder.sample_rate), vocoder.sample_rate)
+    raise VocodeError(f"{path}: expected a mel (.npy, .pt) or audio file ({', '.join(AUDIO_SUFFIXES)})")
+
+
+def _batches(items: list[tuple[Path, Path, torch.Tensor]], size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out_dir: str | Path, *, sampler: str = "fast",
+                 steps: int | None = None, schedule: str | list[float] | None = None, batch_size: int = 1,
+                 seed: int = 0, force: bool = False) -> VocodeSummary:
+    """Vocode every input into OUT_DIR/<name>.wav; bad inputs are listed in the summary's failures."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise VocodeError(f"output folder {out_dir} does not exist; create it first")
+    paths = find_inputs(inputs)
+    if not paths:
+        raise VocodeError("no input files: name mel (.npy, .pt) or audio files, or folders holding them")
+    summary = VocodeSummary()
+    resolved_inputs = {p.resolve() for p in paths if p.exists()}
+    ready: list[tuple[Path, Path, torch.Tensor]] = []
+    for path in paths:
+        target = out_dir / f"{path.stem}.wav"
+        try:
+            if target.resolve() in resolved_inputs:
+                raise VocodeError(f"{path}: its output {target} would overwrite an input; choose another -o")
+            if target.exists() and not force:
+                raise VocodeError(f"{target} already exists; pass --force to replace it")
+            ready.append((path, target, _input_mel(vocoder, path)))
+        except DiffwaveError as error:
+            logger.error("%s", error)
+            summary.failures.append(str(error))
+    start = time.perf_counter()
+    progress = tqdm(total=len(ready), desc="vocode", unit="file", disable=None)
+    for batch in _batches(ready, batch_size):
+        try:
+            audio = _vocode_batch(vocoder, [mel for _, _, mel in batch], sampler, steps, schedule, seed)
+        except DiffwaveError as error:  # a mel the model cannot use: report each file of the batch
+            for path, _, _ in batch:
+                logger.error("%s: %s", path, error)
+                summary.failures.append(f"{path}: {error}")
+            progress.update(len(batch))
+            continue
+        for (_, target, _), samples in zip(batch, audio, strict=True):
+            write_audio(target, samples.float().cpu(), vocoder.sample_rate)
+            summary.files += 1
+            summary.audio_seconds += samples.numel() / vocoder.sample_rate
+        progress.update(len(batch))
+    progress.close()
+    summary.wall_seconds = time.perf_counter() - start
+    return summary
+
+
+def _vocode_batch(vocoder: Vocoder, mels: list[torch.Tensor], sampler: str, steps: int | None,
+                  schedule: str | list[float] | None, seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator(vocoder.device).manual_seed(seed)
+    if len(mels) == 1:
+        return [vocoder.vocode(mels[0], sampler=sampler, steps=steps, schedule=schedule, generator=generator)]
+    lengths = [mel.shape[-1] for mel in mels]
+    if len({mel.shape[0] for mel in mels}) > 1:  # let the vocoder name the wrong bin count, one mel at a time
+        return [_vocode_batch(vocoder, [mel], sampler, steps, schedule, seed)[0] for mel in mels]
+    padded = torch.zeros(len(mels), mels[0].shape[0], max(lengths))
+    for i, mel in enumerate(mels):
+        padded[i, :, : mel.shape[-1]] = mel
+    return vocoder.vocode(padded, sampler=sampler, steps=steps, schedule=schedule, generator=generator,
+                          lengths=lengths)

@@ -1,0 +1,338 @@
+"""The vocoder: a checkpoint in, mels (or audio, for copy synthesis) in, waveforms out.
+
+Everything about the model comes from the checkpoint's own config (audio preset, size, noise schedule), and
+a mel that does not fit it is refused with the reason, because a vocoder given another front-end's mel
+produces confident noise rather than an error.
+
+Per utterance and window the conditioning is computed once (`DiffWave.condition`) and reused at every
+reverse step. A batch of different lengths is padded, masked inside the network (`DiffWave.forward`'s
+`mask`) and kept at zero in the padding, and each utterance draws its noise from a seed keyed by its own mel
+(see `chunking`), so an utterance's audio does not depend on what else is in the batch. Long inputs are
+synthesised in overlapping windows whose noise depends only on the absolute sample position, so chunked and
+unchunked output agree up to the network's edge effects, which the context and cross-fade absorb.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+from torch import Tensor
+
+from diffwave.audio import LogMel
+from diffwave.config import Config, config_from_dict
+from diffwave.diffusion import NoiseSchedule, ReversePlan, ddim, fast_schedule, full_chain
+from diffwave.diffusion.sampling import ancestral_mean, ddim_mean
+from diffwave.errors import CheckpointError, VocodeError
+from diffwave.inference.chunking import ChunkLayout, PositionalNoise, utterance_seed
+from diffwave.model import DiffWave
+from diffwave.training.checkpoint import load_checkpoint, load_model_weights
+
+logger = logging.getLogger("diffwave.vocoder")
+
+SAMPLERS = ("fast", "ddim", "ddpm")
+DDIM_STEPS = 12  # default DDIM length (capped at the training T); see Vocoder.vocode
+CHUNK_SECONDS = 5.0  # window core; see the defaults note in Vocoder.vocode
+OVERLAP_SECONDS = 0.5  # context on each side of a window, and the cross-fade length
+MEL_MARGIN = 1  # mel frames beyond a window that make its conditioning exact (the upsampler reaches one frame)
+LOG_FLOOR = -11.5130  # ln(1e-5): hifigan mels are clamped here
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    resolved = PRECISIONS.get(dtype, dtype) if isinstance(dtype, str) else dtype or torch.float32
+    if resolved not in PRECISIONS.values():
+        raise VocodeError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype}")
+    if resolved != torch.float32 and device.type != "cuda":
+        raise VocodeError(f"{dtype} inference needs a CUDA device; on {device} use fp32")
+    return resolved
+
+
+def _weights_misfit(model: DiffWave, weights: dict[str, Tensor]) -> str | None:
+    """A short description of how `weights` fail to fit `model`, or None when they fit."""
+    expected = model.state_dict()
+    problems = [f"missing {name}" for name in sorted(expected.keys() - weights.keys())]
+    problems += [f"unexpected {name}" for name in sorted(weights.keys() - expected.keys())]
+    problems += [f"{name} has shape {tuple(weights[name].shape)}, the config needs {tuple(expected[name].shape)}"
+                 for name in sorted(expected.keys() & weights.keys())
+                 if weights[name].shape != expected[name].shape]
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
+
+
+def _unconditional(what: str) -> VocodeError:
+    return VocodeError(f"{what} is an unconditional model; vocoding needs a conditional (mel) checkpoint; "
+                       "use `diffwave generate`")
+
+
+def _update_coefficients(plan: ReversePlan, i: int) -> tuple[float, float]:
+    """(a, b) with x_prev = a x + b eps (+ sigma z): both updates are linear, so read them off sampling's
+    own formulas; the loop then updates x in place instead of allocating new tensors every step."""
+    alpha_bar, alpha_bar_prev = plan.alpha_bars[i].item(), plan.alpha_bars_prev[i].item()
+    if plan.update == "ancestral":
+        return (ancestral_mean(1.0, 0.0, alpha_bar, alpha_bar_prev),
+                ancestral_mean(0.0, 1.0, alpha_bar, alpha_bar_prev))
+    sigma = plan.sigmas[i].item()
+    return (ddim_mean(1.0, 0.0, alpha_bar, alpha_bar_prev, sigma),
+            ddim_mean(0.0, 1.0, alpha_bar, alpha_bar_prev, sigma))
+
+
+class Vocoder:
+    """A conditional DiffWave model with its config, ready to turn mels into audio."""
+
+    def __init__(self, model: DiffWave, config: Config, device: torch.device | str | None = None,
+                 dtype: torch.dtype | str | None = None) -> None:
+        if not model.conditional:
+            raise _unconditional("this")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = _resolve_dtype(dtype, self.device)
+        self.model = model.to(self.device).eval()
+        self._config = config
+        self.schedule = NoiseSchedule.from_config(config.diffusion)
+        self.front_end = LogMel(config.audio).to(self.device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], device: torch.device | str | None = None,
+                        dtype: torch.dtype | str | None = None, use_ema: bool = True) -> Vocoder:
+        """Load a training checkpoint (its EMA weights, or the raw ones with use_ema=False) or an exported
+        .safetensors; every setting comes from the config stored in the file."""
+        path = Path(path)
+        if use_ema or path.suffix == ".safetensors":  # an exported file holds a single set of weights
+            weights, values = load_model_weights(path)
+        else:
+            checkpoint = load_checkpoint(path)
+            weights, values = checkpoint.get("model"), checkpoint.get("config")
+            if not (isinstance(weights, dict) and all(isinstance(w, Tensor) for w in weights.values())
+                    and isinstance(values, dict)):
+                raise CheckpointError(f"{path}: has no raw 'model' weights (names to tensors) and config")
+        config = config_from_dict(values, source=str(path))
+        if not config.model.conditional:
+            raise _unconditional(str(path))
+        model = DiffWave.from_config(config)
+        misfit = _weights_misfit(model, weights)
+        if misfit is not None:
+            raise CheckpointError(f"{path}: its weights do not fit its own config ({misfit})")
+        model.load_state_dict(weights)
+        vocoder = cls(model, config, device, dtype)
+        logger.info("vocoder %s: %s mels at %d Hz, on %s in %s", path, config.audio.mel_preset,
+                    config.audio.sample_rate, vocoder.device, vocoder.dtype)
+        return vocoder
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def sample_rate(self) -> int:
+        return self._config.audio.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self._config.audio.hop_length
+
+    @property
+    def n_mels(self) -> int:
+        return self._config.audio.n_mels
+
+    def mel(self, audio: Tensor | np.ndarray, sample_rate: int) -> Tensor:
+        """The checkpoint's own log-mel of audio [N] or a batch [B, N] (rows are utterances, not channels),
+        resampled to the model's rate first; returned on the CPU."""
+        audio = torch.as_tensor(audio).float()
+        if audio.ndim not in (1, 2):
+            raise VocodeError(f"audio must have shape [samples] or [batch, samples], got {tuple(audio.shape)}")
+        if not torch.isfinite(audio).all():
+            raise VocodeError("audio has non-finite samples (NaN or Inf)")
+        with torch.inference_mode():
+            if sample_rate != self.sample_rate:
+                audio = AF.resample(audio, sample_rate, self.sample_rate)
+            mel = self.front_end(audio.to(self.device)).cpu()
+        return mel.clone()  # an ordinary tensor: callers may edit it in place, which inference tensors refuse
+
+    def resynthesize(self, audio: Tensor | np.ndarray, sample_rate: int, **vocode_kwargs: Any) -> Tensor | list[Tensor]:
+        """Copy synthesis: the checkpoint's mel of `audio`, vocoded; the output is at `self.sample_rate`."""
+        return self.vocode(self.mel(audio, sample_rate), **vocode_kwargs)
+
+    def vocode(self, mel: Tensor | np.ndarray, sampler: str = "fast", steps: int | None = None,
+               schedule: str | Sequence[float] | None = None, generator: torch.Generator | None = None,
+               lengths: Sequence[int] | Tensor | None = None, chunk_seconds: float | None = CHUNK_SECONDS,
+               overlap_seconds: float = OVERLAP_SECONDS) -> Tensor | list[Tensor]:
+        """Audio for mel [n_mels, F] (-> [F * hop]) or a padded batch [B, n_mels, F] (-> list of B tensors,
+        item i trimmed to lengths[i] * hop); CPU float32 in [-1, 1].
+
+        Samplers: "fast" is DiffWave's short schedule (`schedule`: a preset name such as "base" or a list of
+        betas; default the checkpoint's diffusion.fast_schedule); "ddim" is deterministic DDIM with `steps`
+        (default 12, capped at T; on a small trained model its quality was flat from 8 to 50 steps and worse
+        at 4, so 12 leaves a margin for stronger models at twice the fast schedule's cost); "ddpm" is the
+        full T-step chain.
+
+        Randomness: one base seed is drawn from `generator` (torch's global generator when None), and each
+        utterance's noise is seeded by that base seed and its own mel values, per block of absolute sample
+        positions. The same generator state gives the same audio, whatever the batch or the chunking.
+
+        Long inputs: windows of `chunk_seconds` plus `overlap_seconds` of context on each side, cross-faded
+        over `overlap_seconds` (`chunk_seconds=None`: one window). The defaults (5 s, 0.5 s) bound the BASE
+        model's cached conditioning to about 2 GB in fp32 at 22.05 kHz (halve the chunk to halve it) at 20%
+        extra compute. A window edge disturbs the audio within about 1.6 receptive fields of one forward
+        pass (BASE: +-3069 samples, 0.14 s) by more than 1e-4, not the chain's S-fold reach; every
+        cross-faded sample has at least 0.25 s of context in both windows.
+        """
+        plan = self._plan(sampler, steps, schedule)
+        layout = self._layout(chunk_seconds, overlap_seconds)
+        with torch.inference_mode():
+            mels, batched = self._validated_mels(mel, lengths)
+            base_seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator,
+                                          device=generator.device if generator is not None else "cpu"))
+            noises = [PositionalNoise(utterance_seed(base_seed, item)) for item in mels]
+            audio = self._synthesise(plan, mels, noises, layout)
+        audio = [item.clone() for item in audio]  # ordinary tensors, as in `mel`
+        return audio if batched else audio[0]
+
+    # --- inputs ---------------------------------------------------------------------------------------
+    def _plan(self, sampler: str, steps: int | None, schedule: str | Sequence[float] | None) -> ReversePlan:
+        if sampler not in SAMPLERS:
+            raise VocodeError(f"unknown sampler '{sampler}', expected one of {', '.join(SAMPLERS)}")
+        if schedule is not None and sampler != "fast":
+            raise VocodeError(f"a schedule applies to the fast sampler only, not to '{sampler}'")
+        if steps is not None and sampler != "ddim":
+            raise VocodeError(f"steps applies to the ddim sampler only (sampler '{sampler}' fixes its own steps)")
+        if sampler == "fast":
+            return fast_schedule(self.schedule, self._config.diffusion.fast_schedule if schedule is None else schedule)
+        if sampler == "ddim":
+            return ddim(self.schedule, min(DDIM_STEPS, self.schedule.num_steps) if steps is None else steps)
+        return full_chain(self.schedule)
+
+    def _layout(self, chunk_seconds: float | None, overlap_seconds: float) -> ChunkLayout:
+        frames_per_second = self.sample_rate / self.hop_length
+        if chunk_seconds is None:
+            return ChunkLayout(None, 0)
+        if not chunk_seconds > 0 or not 0 <= overlap_seconds <= chunk_seconds:
+            raise VocodeError(f"need chunk_seconds > 0 and 0 <= overlap_seconds <= chunk_seconds, got "
+                              f"{chunk_seconds} and {overlap_seconds}")
+        chunk = max(1, round(chunk_seconds * frames_per_second))
+        return ChunkLayout(chunk, min(chunk, round(overlap_seconds * frames_per_second)))
+
+    def _validated_mels(self, mel: Tensor | np.ndarray,
+                        lengths: Sequence[int] | Tensor | None) -> tuple[list[Tensor], bool]:
+        """The utterances of `mel` as float32 [n_mels, F_i] tensors on the device, each checked."""
+        mel = torch.as_tensor(mel)
+        if mel.ndim not in (2, 3) or not mel.is_floating_point():
+            raise VocodeError(f"mel must be a float array [n_mels, frames] or [batch, n_mels, frames], got "
+                              f"{mel.dtype} {tuple(mel.shape)}")
+        batched = mel.ndim == 3
+        if mel.shape[-2] != self.n_mels:
+            raise VocodeError(f"mel has {mel.shape[-2]} bins, model expects {self.n_mels} "
+                              f"(preset {self._config.audio.mel_preset})")
+        frames = mel.shape[-1]
+        if lengths is not None and not batched:
+            raise VocodeError("lengths is for a batch [batch, n_mels, frames]; a single mel uses all its frames")
+        batch = mel if batched else mel.unsqueeze(0)
+        if batch.shape[0] == 0 or frames == 0:
+            raise VocodeError(f"mel is empty (shape {tuple(mel.shape)})")
+        sizes = [frames] * batch.shape[0] if lengths is None else [int(n) for n in lengths]
+        if len(sizes) != batch.shape[0] or not all(1 <= n <= frames for n in sizes):
+            raise VocodeError(f"lengths must give 1..{frames} frames for each of the {batch.shape[0]} mels, "
+                              f"got {sizes}")
+        items = []
+        for i, size in enumerate(sizes):
+            item = batch[i, :, :size].to(self.device, torch.float32)
+            self._check_values(item, f"mel {i} of the batch" if batched else "mel")
+            items.append(item)
+        return items, batched
+
+    def _check_values(self, mel: Tensor, what: str) -> None:
+        """Refuse non-finite values and a value range that belongs to the other mel preset."""
+        if not torch.isfinite(mel).all():
+            frame = int((~torch.isfinite(mel)).any(dim=0).nonzero()[0])
+            raise VocodeError(f"{what} has non-finite values (NaN or Inf), first at frame {frame}")
+        low, high = mel.min().item(), mel.max().item()
+        preset = self._config.audio.mel_preset
+        if preset == "lmnt" and low < -0.01:
+            raise VocodeError(f"{what} has values down to {low:.3g}: it looks like a natural-log (hifigan-style) "
+                              "mel, but this model expects lmnt mels in [0, 1]")
+        if preset == "lmnt" and high > 1.01:
+            raise VocodeError(f"{what} has values up to {high:.3g}, outside [0, 1]: this model expects lmnt mels "
+                              "(a natural-log hifigan mel would not fit either)")
+        if preset == "hifigan" and low >= 0.0 and high <= 1.0:
+            raise VocodeError(f"{what} lies entirely in [0, 1]: it looks like an lmnt mel in [0, 1], but this model "
+                              f"expects hifigan mels (natural-log magnitudes, from ln(1e-5) = {LOG_FLOOR:.1f} up to "
+                              "about 5)")
+        if preset == "hifigan" and (low < 2 * LOG_FLOOR or high > 10.0):
+            raise VocodeError(f"{what} has values in [{low:.3g}, {high:.3g}]: this model expects hifigan mels "
+                              f"(natural-log magnitudes, from {LOG_FLOOR:.1f} up to about 5), not lmnt [0, 1] "
+                              "mels nor decibels")
+
+    # --- synthesis ------------------------------------------------------------------------------------
+    def _synthesise(self, plan: ReversePlan, mels: list[Tensor], noises: list[PositionalNoise],
+                    layout: ChunkLayout) -> list[Tensor]:
+        """Window by window (chunk-major), all utterances that reach window k in one padded batch."""
+        hop = self.hop_length
+        frames = [item.shape[-1] for item in mels]
+        outputs = [torch.zeros(count * hop) for count in frames]
+        for k in range(max(layout.count(count) for count in frames)):
+            active = [i for i, count in enumerate(frames) if layout.count(count) > k]
+            spans = [layout.window(k, frames[i]) for i in active]
+            audio = self._reverse_chain(plan, [mels[i] for i in active], [noises[i] for i in active], spans)
+            for row, (i, (start, stop)) in enumerate(zip(active, spans, strict=True)):
+                weights = layout.weights(k, frames[i], hop)
+                outputs[i][start * hop:stop * hop] += weights * audio[row, :weights.numel()]
+        return [output.clamp_(-1.0, 1.0) for output in outputs]
+
+    def _reverse_chain(self, plan: ReversePlan, mels: list[Tensor], noises: list[PositionalNoise],
+                       spans: list[tuple[int, int]]) -> Tensor:
+        """Run the whole chain on one window of each utterance (all share the window's start); CPU [n, N]."""
+        hop = self.hop_length
+        offset = spans[0][0] * hop
+        lengths = [(stop - start) * hop for start, stop in spans]
+        width = max(lengths)
+        with self._autocast():
+            cond = self._conditioning(mels, spans, width)
+        mask = None
+        if min(lengths) < width:
+            mask = torch.arange(width, device=self.device) < torch.tensor(lengths, device=self.device)[:, None]
+        noise = torch.zeros(len(spans), width)  # drawn on the CPU, refilled in place at every noisy step
+        noise_on_device = noise.to(self.device)  # the same tensor on a CPU device
+
+        def draw(index: int) -> Tensor:
+            for row, (source, length) in enumerate(zip(noises, lengths, strict=True)):
+                source.fill(noise[row, :length], index, offset)
+            return noise_on_device.copy_(noise)
+
+        x = draw(len(plan)).clone()  # x_T, kept in fp32 whatever the model's precision
+        t = torch.empty(len(spans), device=self.device)
+        for i in reversed(range(len(plan))):
+            with self._autocast():
+                eps = self.model(x, t.fill_(plan.model_steps[i].item()), cond, mask)
+            scale_x, scale_eps = _update_coefficients(plan, i)
+            x.mul_(scale_x).add_(eps.float(), alpha=scale_eps)
+            sigma = plan.sigmas[i].item()
+            if sigma > 0:
+                x.add_(draw(i), alpha=sigma)
+            if mask is not None:
+                x.masked_fill_(~mask, 0.0)
+        return x.cpu()
+
+    def _conditioning(self, mels: list[Tensor], spans: list[tuple[int, int]], width: int) -> Tensor:
+        """[n, L, 2C, width]: each window's conditioning from its own mel (plus MEL_MARGIN frames, so it
+        equals the corresponding slice of the whole utterance's), zero beyond each utterance's window."""
+        hop = self.hop_length
+        cond = None
+        for row, (mel, (start, stop)) in enumerate(zip(mels, spans, strict=True)):
+            low, high = max(0, start - MEL_MARGIN), min(mel.shape[-1], stop + MEL_MARGIN)
+            part = self.model.condition(mel[None, :, low:high])[..., (start - low) * hop:(stop - low) * hop]
+            if len(spans) == 1:
+                return part
+            if cond is None:
+                cond = part.new_zeros((len(spans), *part.shape[1:3], width))
+            cond[row, ..., :part.shape[-1]] = part[0]
+        return cond
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)

@@ -1,0 +1,263 @@
+"""The vocoder: checkpoints in, mels in, audio out; batching, chunking, seeds and refusals.
+
+One tiny model is trained for a few hundred steps per module (seconds on a CPU), so the noise estimates are
+those of a real network: a zero-output untrained model would make batch and chunk tests pass vacuously.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffwave.audio import num_frames
+from diffwave.config import config_to_dict, load_config
+from diffwave.diffusion import ddim, fast_schedule, sample
+from diffwave.errors import CheckpointError, VocodeError
+from diffwave.inference import Vocoder
+from diffwave.inference.chunking import PositionalNoise
+from diffwave.model import DiffWave
+from diffwave.training.checkpoint import FORMAT_VERSION, export_safetensors, load_checkpoint
+from diffwave.training.run import train
+from tests.audio_fixtures import harmonic_tone
+
+RATE = 8000  # the tiny preset's sample rate
+TRAIN_STEPS = 300
+QUIET = ["train.log_every=100000", "train.valid_every=100000", "train.sample_every=100000",
+         "train.save_every=100000", "data.valid_fraction=0.1", "data.test_fraction=0.05"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("vocoder") / "run"
+    train(load_config("tiny", [f"train.max_steps={TRAIN_STEPS}", *QUIET]), tiny_features, run_dir, device="cpu")
+    return run_dir / "checkpoints" / f"step_{TRAIN_STEPS:08d}.pt"
+
+
+@pytest.fixture(scope="module")
+def vocoder(checkpoint: Path) -> Vocoder:
+    return Vocoder.from_checkpoint(checkpoint, device="cpu")
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def tone_mel(vocoder: Vocoder, seconds: float, f0: float = 180.0, seed: int = 0) -> torch.Tensor:
+    return vocoder.mel(harmonic_tone(RATE, seconds, f0=f0, seed=seed), RATE)
+
+
+# --- loading and shapes -------------------------------------------------------------------------------
+def test_own_mel_vocodes_to_frames_times_hop(vocoder: Vocoder) -> None:
+    mel = tone_mel(vocoder, 0.6)
+    assert mel.shape == (vocoder.n_mels, num_frames(round(0.6 * RATE), vocoder.config.audio))
+    audio = vocoder.vocode(mel, generator=seeded(0))
+    assert audio.shape == (mel.shape[-1] * vocoder.hop_length,)
+    assert audio.abs().max() <= 1.0 and audio.std() > 1e-3
+    # Audio at another rate is resampled to the model's first: 0.6 s gives the same number of frames.
+    assert vocoder.mel(harmonic_tone(16000, 0.6), 16000).shape == mel.shape
+
+
+def test_pt_and_exported_safetensors_give_the_same_audio(checkpoint: Path, vocoder: Vocoder,
+                                                         tmp_path: Path) -> None:
+    exported = export_safetensors(checkpoint, tmp_path / "tiny.safetensors")
+    from_file = Vocoder.from_checkpoint(exported, device="cpu")
+    assert from_file.sample_rate == RATE and from_file.config == vocoder.config
+    mel = tone_mel(vocoder, 0.4)
+    expected = vocoder.vocode(mel, generator=seeded(3))
+    assert torch.equal(from_file.vocode(mel, generator=seeded(3)), expected)
+    raw = Vocoder.from_checkpoint(checkpoint, device="cpu", use_ema=False)  # the raw weights are not the EMA
+    assert (raw.vocode(mel, generator=seeded(3)) - expected).abs().max() > 1e-3
+
+
+# --- randomness and batches ---------------------------------------------------------------------------
+def test_fixed_seed_is_bit_identical_and_seeds_differ(vocoder: Vocoder) -> None:
+    mel = tone_mel(vocoder, 0.4)
+    first = vocoder.vocode(mel, generator=seeded(1))
+    assert torch.equal(vocoder.vocode(mel, generator=seeded(1)), first)
+    assert (vocoder.vocode(mel, generator=seeded(2)) - first).abs().max() > 1e-2
+    torch.manual_seed(5)  # without a generator, the base seed comes from torch's global one
+    global_first = vocoder.vocode(mel)
+    torch.manual_seed(5)
+    assert torch.equal(vocoder.vocode(mel), global_first)
+
+
+@pytest.mark.parametrize("chunk_seconds", [None, 0.256])
+def test_utterance_in_a_batch_sounds_as_it_does_alone(vocoder: Vocoder, chunk_seconds: float | None) -> None:
+    short = tone_mel(vocoder, 0.5, f0=150, seed=1)[:, :37]
+    long = tone_mel(vocoder, 1.0, f0=240, seed=2)
+    batch = torch.full((2, vocoder.n_mels, long.shape[-1]), 3.0)  # padding that would show if it leaked
+    batch[0] = long
+    batch[1, :, :37] = short
+    options = dict(sampler="fast", chunk_seconds=chunk_seconds, overlap_seconds=0.064)
+    together = vocoder.vocode(batch, lengths=[long.shape[-1], 37], generator=seeded(4), **options)
+    alone = [vocoder.vocode(item, generator=seeded(4), **options) for item in (long, short)]
+    assert [audio.shape[0] for audio in together] == [long.shape[-1] * 64, 37 * 64]
+    for batched, single in zip(together, alone, strict=True):
+        torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+    assert (together[1] - together[0][:37 * 64]).abs().max() > 1e-2  # different mels, different audio
+
+
+def test_reverse_loop_matches_the_diffusion_sampler(vocoder: Vocoder) -> None:
+    """The vocoder updates x in place with coefficients read off the sampler's formulas: check them."""
+    mel = tone_mel(vocoder, 0.3)
+    frames = mel.shape[-1]
+    length = frames * vocoder.hop_length
+    for plan in (ddim(vocoder.schedule, 12), fast_schedule(vocoder.schedule, "base")):
+        plan = dataclasses.replace(plan, sigmas=torch.zeros_like(plan.sigmas))  # no fresh noise: comparable
+        with torch.inference_mode():
+            mine = vocoder._reverse_chain(plan, [mel], [PositionalNoise(9)], [(0, frames)])
+            x_T = PositionalNoise(9).fill(torch.empty(length), len(plan), 0).unsqueeze(0)
+            cond = vocoder.model.condition(mel.unsqueeze(0))
+            reference = sample(plan, lambda x, t, cond=cond: vocoder.model(x, t, cond), (1, length), x_T=x_T)
+        assert reference.abs().max() > 0.1
+        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=0)
+
+
+# --- long inputs --------------------------------------------------------------------------------------
+def test_chunked_ddim_matches_unchunked_without_jumps(vocoder: Vocoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    mel = tone_mel(vocoder, 1.0)  # 125 frames: windows of 32 frames + 8 of context -> 4 windows
+    windows: list[int] = []
+    condition = vocoder.model.condition
+
+    def counting_condition(window_mel: torch.Tensor) -> torch.Tensor:
+        windows.append(window_mel.shape[-1])
+        return condition(window_mel)
+
+    monkeypatch.setattr(vocoder.model, "condition", counting_condition)
+    whole = vocoder.vocode(mel, sampler="ddim", generator=seeded(6), chunk_seconds=None)
+    assert len(windows) == 1  # the conditioning is computed once, not at each of the 12 steps
+    chunked = vocoder.vocode(mel, sampler="ddim", generator=seeded(6), chunk_seconds=0.256, overlap_seconds=0.064)
+    assert len(windows) == 1 + 4 and max(windows[1:]) < mel.shape[-1]
+    assert (chunked - whole).abs().max() < 1e-2
+    hop, boundaries = vocoder.hop_length, [32 * 64 * k for k in (1, 2, 3)]
+    for boundary in boundaries:
+        near = slice(boundary - 8 * hop, boundary + 8 * hop)
+        assert chunked[near].diff().abs().max() <= whole[near].diff().abs().max() + 1e-2
+    # Without context the windows' edges show: the test above is sensitive to the chunking.
+    hard_cuts = vocoder.vocode(mel, sampler="ddim", generator=seeded(6), chunk_seconds=0.256, overlap_seconds=0.0)
+    assert (hard_cuts - whole).abs().max() > 1e-2
+
+
+def test_window_conditioning_equals_the_utterances(vocoder: Vocoder) -> None:
+    """A window's conditioning is computed from its own mel slice (bounded memory), yet equals the slice of
+    the whole utterance's: the upsampler reaches one frame beyond, which the window's mel margin supplies."""
+    mel = tone_mel(vocoder, 0.5)
+    hop = vocoder.hop_length
+    with torch.inference_mode():
+        whole = vocoder.model.condition(mel.unsqueeze(0))
+        for start, stop in ((0, 12), (10, 21), (20, mel.shape[-1])):
+            window = vocoder._conditioning([mel], [(start, stop)], (stop - start) * hop)
+            torch.testing.assert_close(window, whole[..., start * hop:stop * hop], atol=1e-6, rtol=0)
+
+
+# --- refusals -----------------------------------------------------------------------------------------
+def test_wrong_number_of_bins_is_refused_with_both_counts(vocoder: Vocoder) -> None:
+    with pytest.raises(VocodeError) as error:
+        vocoder.vocode(torch.full((100, 40), -5.0))
+    assert str(error.value) == "mel has 100 bins, model expects 20 (preset hifigan)"
+
+
+def test_mel_of_the_other_preset_is_refused_naming_both(vocoder: Vocoder) -> None:
+    natural_log = tone_mel(vocoder, 0.3)
+    with pytest.raises(VocodeError, match=r"looks like an lmnt mel in \[0, 1\].*hifigan"):
+        vocoder.vocode(torch.rand(vocoder.n_mels, 20))
+    config = load_config("tiny", ["audio.mel_preset=lmnt"])
+    lmnt = Vocoder(DiffWave.from_config(config), config, device="cpu")
+    with pytest.raises(VocodeError, match=r"natural-log \(hifigan-style\) mel, but this model expects lmnt mels"):
+        lmnt.vocode(natural_log)
+    assert lmnt.vocode(lmnt.mel(harmonic_tone(RATE, 0.3), RATE)).shape[0] > 0  # its own mels are accepted
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_mel_is_refused(vocoder: Vocoder, bad: float) -> None:
+    mel = tone_mel(vocoder, 0.3)
+    mel[3, 7] = bad
+    with pytest.raises(VocodeError, match="non-finite values.*frame 7"):
+        vocoder.vocode(mel)
+    with pytest.raises(VocodeError, match="mel 1 of the batch"):
+        vocoder.vocode(torch.stack([tone_mel(vocoder, 0.3), mel]))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (dict(sampler="euler"), "unknown sampler 'euler'"),
+    (dict(sampler="fast", steps=8), "steps applies to the ddim sampler"),
+    (dict(sampler="ddim", schedule="base"), "schedule applies to the fast sampler"),
+    (dict(lengths=[5]), "lengths is for a batch"),
+    (dict(chunk_seconds=0.1, overlap_seconds=0.2), "overlap_seconds <= chunk_seconds"),
+])
+def test_bad_options_are_refused(vocoder: Vocoder, options: dict, message: str) -> None:
+    with pytest.raises(VocodeError, match=re.escape(message)):
+        vocoder.vocode(tone_mel(vocoder, 0.3), **options)
+
+
+def test_half_precision_needs_cuda(checkpoint: Path) -> None:
+    with pytest.raises(VocodeError, match="needs a CUDA device"):
+        Vocoder.from_checkpoint(checkpoint, device="cpu", dtype="bf16")
+
+
+def test_unconditional_checkpoint_is_refused(tmp_path: Path) -> None:
+    config = load_config("tiny", ["model.conditional=false"])
+    weights = DiffWave.from_config(config).state_dict()
+    path = tmp_path / "unconditional.pt"
+    torch.save({"format_version": FORMAT_VERSION, "config": config_to_dict(config), "step": 1, "model": weights,
+                "ema": weights}, path)
+    with pytest.raises(VocodeError) as error:
+        Vocoder.from_checkpoint(path, device="cpu")
+    assert str(error.value) == (f"{path} is an unconditional model; vocoding needs a conditional (mel) checkpoint; "
+                                "use `diffwave generate`")
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(checkpoint: Path, tmp_path: Path) -> None:
+    state = load_checkpoint(checkpoint)
+    state["config"]["model"]["residual_channels"] = 16
+    path = tmp_path / "misfit.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: its weights do not fit its own config")):
+        Vocoder.from_checkpoint(path, device="cpu")
+
+
+class _RunsCode:
+    """Unpickling this object would run a shell command (RELIABILITY A1)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize(("name", "use_ema"), [("evil.pt", True), ("evil.pt", False), ("evil.safetensors", False)])
+def test_checkpoint_whose_pickle_runs_code_is_refused(tmp_path: Path, name: str, use_ema: bool) -> None:
+    marker = tmp_path / "MARKER"
+    path = tmp_path / name
+    torch.save({"format_version": FORMAT_VERSION, "ema": _RunsCode(marker)}, path)
+    # (torch.load reads a .safetensors name as safetensors, so that refusal names the header, not the global)
+    unsafe_global = ".*system" if path.suffix == ".pt" else ""
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + unsafe_global):
+        Vocoder.from_checkpoint(path, device="cpu", use_ema=use_ema)
+    assert not marker.exists()
+
+
+# --- quality ------------------------------------------------------------------------------------------
+def log_mel_distance(vocoder: Vocoder, audio: torch.Tensor, reference: np.ndarray) -> float:
+    produced, expected = vocoder.mel(audio, vocoder.sample_rate), vocoder.mel(reference, RATE)
+    return (produced - expected[:, :produced.shape[-1]]).abs().mean().item()
+
+
+@pytest.mark.slow
+def test_trained_model_resynthesises_better_than_an_untrained_one(vocoder: Vocoder) -> None:
+    torch.manual_seed(0)
+    untrained = Vocoder(DiffWave.from_config(vocoder.config), vocoder.config, device="cpu")
+    for f0, seed in ((130.0, 1), (180.0, 5), (250.0, 2)):
+        reference = harmonic_tone(RATE, 1.0, f0=f0, seed=seed)
+        trained_distance = log_mel_distance(vocoder, vocoder.resynthesize(reference, RATE, generator=seeded(0)),
+                                            reference)
+        untrained_distance = log_mel_distance(
+            untrained, untrained.resynthesize(reference, RATE, generator=seeded(0)), reference)
+        assert trained_distance < 0.75 * untrained_distance, (f0, trained_distance, untrained_distance)
