@@ -169,7 +169,13 @@ def _run(handler: Callable[[argparse.Namespace], int | None], args: argparse.Nam
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse cannot take positional key=value overrides after options that follow other positionals
+    # (`preprocess CORPUS OUT --jobs 2 train.batch_size=8`), so leftover key=value words are overrides.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or not all("=" in word and not word.startswith("-") for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:

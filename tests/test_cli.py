@@ -43,3 +43,10 @@ def test_old_torch_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert check_torch_version("2.14.1+cu130")
+
+
+def test_overrides_may_follow_options_after_positionals(tmp_path):
+    result = run("preprocess", str(tmp_path / "missing"), str(tmp_path / "out"), "--jobs", "1", "train.batch_size=2")
+    assert result.returncode == 2 and "corpus folder" in result.stderr and "does not exist" in result.stderr
+    unknown = run("preprocess", str(tmp_path / "c"), str(tmp_path / "o"), "--jobs", "1", "--bogus")
+    assert unknown.returncode == 2 and "unrecognized arguments: --bogus" in unknown.stderr
