@@ -27,8 +27,8 @@ import torch
 
 from diffwave.config import load_config
 from diffwave.diffusion import NoiseSchedule, fast_schedule, sample
+from diffwave.diffusion.reverse_plans import DDIM_DEFAULT_STEPS
 from diffwave.inference import Vocoder
-from diffwave.inference.vocoder import DDIM_STEPS
 from diffwave.model import DiffWave
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -124,7 +124,7 @@ def main() -> None:
         for sampler in args.samplers.split(","):
             seconds = 1.0 if sampler == "ddpm" else args.seconds
             steps = {"fast": len(vocoder.config.diffusion.fast_schedule), "ddpm": vocoder.config.diffusion.num_steps,
-                     "ddim": min(DDIM_STEPS, vocoder.config.diffusion.num_steps)}[sampler]
+                     "ddim": min(DDIM_DEFAULT_STEPS, vocoder.config.diffusion.num_steps)}[sampler]
             rtf = vocode_rtf(vocoder, seconds, sampler)
             gflops = flops_per_sample_step(vocoder.config) * vocoder.sample_rate * steps / rtf / 1e9
             share = 100 * gflops / peak

@@ -101,6 +101,25 @@ def _vocode_command(args: argparse.Namespace) -> int | None:
     return 2 if summary.failures else None
 
 
+def _generate_command(args: argparse.Namespace) -> None:
+    import time
+
+    import torch
+
+    from diffwave.inference.generate import generate, load_unconditional, write_clips
+
+    model, config = load_unconditional(args.checkpoint, device=args.device)
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
+    start = time.perf_counter()
+    clips = generate(model, config, args.n, args.seconds, sampler=args.sampler, steps=args.steps,
+                     schedule=_parse_schedule(args.schedule), generator=generator, batch_size=args.batch_size)
+    seconds = time.perf_counter() - start
+    paths = write_clips(clips, args.out, config.audio.sample_rate, force=args.force)
+    audio_seconds = sum(clip.numel() for clip in clips) / config.audio.sample_rate
+    print(f"generate: {len(paths)} files, {audio_seconds:.2f} s of audio in {seconds:.2f} s "
+          f"(real-time factor {seconds / audio_seconds:.3f}); wavs in {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffwave",
@@ -155,6 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
                                  description=_VOCODE_DESCRIPTION)
     _add_vocode_arguments(vocode)
     vocode.set_defaults(handler=_vocode_command)
+
+    gen = commands.add_parser("generate", help="unconditional generation: N clips from noise",
+                              description="Generate audio clips with an unconditional checkpoint "
+                                          "(model.conditional: false) into OUTDIR/sample_NNN.wav.")
+    gen.add_argument("--checkpoint", required=True, help="an unconditional training checkpoint or .safetensors")
+    gen.add_argument("-n", type=int, default=8, help="number of clips (default: 8)")
+    gen.add_argument("--seconds", type=float, default=1.0, help="length of each clip (default: 1.0)")
+    gen.add_argument("-o", "--out", required=True, help="output folder (must exist)")
+    gen.add_argument("--sampler", choices=("fast", "ddim", "ddpm"), default="fast")
+    gen.add_argument("--steps", type=int, help="DDIM steps")
+    gen.add_argument("--schedule", help="fast schedule: a preset (base, large) or comma-separated betas")
+    gen.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    gen.add_argument("--batch-size", type=int, default=8)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--force", action="store_true", help="replace existing output files")
+    gen.set_defaults(handler=_generate_command)
     return parser
 
 

@@ -133,3 +133,26 @@ def ddim(schedule: NoiseSchedule, steps: int | Sequence[int], eta: float = 0.0) 
     sigmas = eta * ((1 - alpha_bars_prev) / (1 - alpha_bars) * (1 - alpha_bars / alpha_bars_prev)).sqrt()
     return ReversePlan(f"ddim-{len(indices)}", alpha_bars, alpha_bars_prev, indices.to(torch.float64),
                        sigmas, "ddim")
+
+
+SAMPLERS = ("fast", "ddim", "ddpm")
+DDIM_DEFAULT_STEPS = 12  # between the 6-step fast schedule and the full chain (capped at T)
+
+
+def plan_for(schedule: NoiseSchedule, sampler: str, *, steps: int | None = None,
+             fast_betas: Sequence[float] | str | None = None,
+             default_fast: Sequence[float] | str = "base") -> ReversePlan:
+    """The plan a user names: "fast" (betas or a preset; default `default_fast`), "ddim" (`steps`,
+    default 12 capped at T) or "ddpm" (the full chain). Options that do not apply are refused, not ignored.
+    """
+    if sampler not in SAMPLERS:
+        raise ScheduleError(f"unknown sampler '{sampler}', expected one of {', '.join(SAMPLERS)}")
+    if fast_betas is not None and sampler != "fast":
+        raise ScheduleError(f"a schedule applies to the fast sampler only, not to '{sampler}'")
+    if steps is not None and sampler != "ddim":
+        raise ScheduleError(f"steps applies to the ddim sampler only (sampler '{sampler}' fixes its own steps)")
+    if sampler == "fast":
+        return fast_schedule(schedule, default_fast if fast_betas is None else fast_betas)
+    if sampler == "ddim":
+        return ddim(schedule, min(DDIM_DEFAULT_STEPS, schedule.num_steps) if steps is None else steps)
+    return full_chain(schedule)

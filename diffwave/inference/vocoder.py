@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,18 +25,17 @@ import torchaudio.functional as AF
 from torch import Tensor
 
 from diffwave.audio import LogMel
-from diffwave.config import Config, config_from_dict
-from diffwave.diffusion import NoiseSchedule, ReversePlan, ddim, fast_schedule, full_chain
+from diffwave.config import Config
+from diffwave.diffusion import NoiseSchedule, ReversePlan
+from diffwave.diffusion.reverse_plans import plan_for
 from diffwave.diffusion.sampling import ancestral_mean, ddim_mean
-from diffwave.errors import CheckpointError, VocodeError
+from diffwave.errors import VocodeError
 from diffwave.inference.chunking import ChunkLayout, PositionalNoise, utterance_seed
+from diffwave.inference.loading import load_model
 from diffwave.model import DiffWave
-from diffwave.training.checkpoint import load_checkpoint, load_model_weights
 
 logger = logging.getLogger("diffwave.vocoder")
 
-SAMPLERS = ("fast", "ddim", "ddpm")
-DDIM_STEPS = 12  # default DDIM length (capped at the training T); see Vocoder.vocode
 CHUNK_SECONDS = 5.0  # window core; see the defaults note in Vocoder.vocode
 OVERLAP_SECONDS = 0.5  # context on each side of a window, and the cross-fade length
 MEL_MARGIN = 1  # mel frames beyond a window that make its conditioning exact (the upsampler reaches one frame)
@@ -52,20 +50,6 @@ def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> tor
     if resolved != torch.float32 and device.type != "cuda":
         raise VocodeError(f"{dtype} inference needs a CUDA device; on {device} use fp32")
     return resolved
-
-
-def _weights_misfit(model: DiffWave, weights: dict[str, Tensor]) -> str | None:
-    """A short description of how `weights` fail to fit `model`, or None when they fit."""
-    expected = model.state_dict()
-    problems = [f"missing {name}" for name in sorted(expected.keys() - weights.keys())]
-    problems += [f"unexpected {name}" for name in sorted(weights.keys() - expected.keys())]
-    problems += [f"{name} has shape {tuple(weights[name].shape)}, the config needs {tuple(expected[name].shape)}"
-                 for name in sorted(expected.keys() & weights.keys())
-                 if weights[name].shape != expected[name].shape]
-    if not problems:
-        return None
-    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-    return "; ".join(problems[:3]) + more
 
 
 def _unconditional(what: str) -> VocodeError:
@@ -104,23 +88,9 @@ class Vocoder:
                         dtype: torch.dtype | str | None = None, use_ema: bool = True) -> Vocoder:
         """Load a training checkpoint (its EMA weights, or the raw ones with use_ema=False) or an exported
         .safetensors; every setting comes from the config stored in the file."""
-        path = Path(path)
-        if use_ema or path.suffix == ".safetensors":  # an exported file holds a single set of weights
-            weights, values = load_model_weights(path)
-        else:
-            checkpoint = load_checkpoint(path)
-            weights, values = checkpoint.get("model"), checkpoint.get("config")
-            if not (isinstance(weights, dict) and all(isinstance(w, Tensor) for w in weights.values())
-                    and isinstance(values, dict)):
-                raise CheckpointError(f"{path}: has no raw 'model' weights (names to tensors) and config")
-        config = config_from_dict(values, source=str(path))
+        model, config = load_model(path, use_ema)
         if not config.model.conditional:
             raise _unconditional(str(path))
-        model = DiffWave.from_config(config)
-        misfit = _weights_misfit(model, weights)
-        if misfit is not None:
-            raise CheckpointError(f"{path}: its weights do not fit its own config ({misfit})")
-        model.load_state_dict(weights)
         vocoder = cls(model, config, device, dtype)
         logger.info("vocoder %s: %s mels at %d Hz, on %s in %s", path, config.audio.mel_preset,
                     config.audio.sample_rate, vocoder.device, vocoder.dtype)
@@ -197,17 +167,8 @@ class Vocoder:
 
     # --- inputs ---------------------------------------------------------------------------------------
     def _plan(self, sampler: str, steps: int | None, schedule: str | Sequence[float] | None) -> ReversePlan:
-        if sampler not in SAMPLERS:
-            raise VocodeError(f"unknown sampler '{sampler}', expected one of {', '.join(SAMPLERS)}")
-        if schedule is not None and sampler != "fast":
-            raise VocodeError(f"a schedule applies to the fast sampler only, not to '{sampler}'")
-        if steps is not None and sampler != "ddim":
-            raise VocodeError(f"steps applies to the ddim sampler only (sampler '{sampler}' fixes its own steps)")
-        if sampler == "fast":
-            return fast_schedule(self.schedule, self._config.diffusion.fast_schedule if schedule is None else schedule)
-        if sampler == "ddim":
-            return ddim(self.schedule, min(DDIM_STEPS, self.schedule.num_steps) if steps is None else steps)
-        return full_chain(self.schedule)
+        return plan_for(self.schedule, sampler, steps=steps, fast_betas=schedule,
+                        default_fast=self._config.diffusion.fast_schedule)
 
     def _layout(self, chunk_seconds: float | None, overlap_seconds: float) -> ChunkLayout:
         frames_per_second = self.sample_rate / self.hop_length

@@ -1,0 +1,65 @@
+"""Unconditional generation: audio from noise with an unconditional model (no mel), e.g. the SC09 recipe."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from diffwave.audio import write_audio
+from diffwave.config import Config
+from diffwave.diffusion import NoiseSchedule, sample
+from diffwave.diffusion.reverse_plans import plan_for
+from diffwave.errors import CheckpointError, DiffwaveError
+from diffwave.inference.loading import load_model
+from diffwave.model import DiffWave
+
+
+def load_unconditional(path: str | os.PathLike[str], device: torch.device | str | None = None,
+                       use_ema: bool = True) -> tuple[DiffWave, Config]:
+    """An unconditional model and its config; a mel-conditioned checkpoint is refused, saying what is needed."""
+    model, config = load_model(path, use_ema)
+    if config.model.conditional:
+        raise CheckpointError(f"{path} is a conditional (mel) model; generation needs an unconditional checkpoint "
+                              "(model.conditional: false, e.g. --config unconditional); use `vocode` for mels")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return model.to(device), config
+
+
+def generate(model: DiffWave, config: Config, count: int, seconds: float, *, sampler: str = "fast",
+             steps: int | None = None, schedule: str | list[float] | None = None,
+             generator: torch.Generator | None = None, batch_size: int = 8) -> list[Tensor]:
+    """`count` clips of `seconds` each, as CPU float32 tensors in [-1, 1], in batches of `batch_size`."""
+    if model.conditional:
+        raise DiffwaveError("generate needs an unconditional model; this one is conditioned on mels")
+    if count < 1 or seconds <= 0 or batch_size < 1:
+        raise DiffwaveError(f"need count >= 1, seconds > 0 and batch_size >= 1, got {count}, {seconds}, {batch_size}")
+    plan = plan_for(NoiseSchedule.from_config(config.diffusion), sampler, steps=steps, fast_betas=schedule,
+                    default_fast=config.diffusion.fast_schedule)
+    length = max(1, round(seconds * config.audio.sample_rate))
+    device = next(model.parameters()).device
+    clips: list[Tensor] = []
+    with torch.inference_mode():
+        for start in range(0, count, batch_size):
+            batch = min(batch_size, count - start)
+            audio = sample(plan, lambda x, t: model(x, t), (batch, length), generator=generator, device=device,
+                           clip=True)
+            clips.extend(audio.float().cpu().clone())
+    return clips
+
+
+def write_clips(clips: list[Tensor], out_dir: str | os.PathLike[str], sample_rate: int, *,
+                prefix: str = "sample", force: bool = False) -> list[Path]:
+    """OUT_DIR/prefix_000.wav ..., atomically; existing files are replaced only with `force`."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise DiffwaveError(f"output folder {out_dir} does not exist; create it first")
+    paths = [out_dir / f"{prefix}_{i:03d}.wav" for i in range(len(clips))]
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        raise DiffwaveError(f"{existing[0]} already exists; pass --force to replace it")
+    for path, clip in zip(paths, clips, strict=True):
+        write_audio(path, clip, sample_rate)
+    return paths

@@ -1,0 +1,48 @@
+"""Checkpoint or exported .safetensors -> (DiffWave with its weights, the Config stored in the file)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import Tensor
+
+from diffwave.config import Config, config_from_dict
+from diffwave.errors import CheckpointError
+from diffwave.model import DiffWave
+from diffwave.training.checkpoint import load_checkpoint, load_model_weights
+
+
+def weights_misfit(model: DiffWave, weights: dict[str, Tensor]) -> str | None:
+    """A short description of how `weights` fail to fit `model`, or None when they fit."""
+    expected = model.state_dict()
+    problems = [f"missing {name}" for name in sorted(expected.keys() - weights.keys())]
+    problems += [f"unexpected {name}" for name in sorted(weights.keys() - expected.keys())]
+    problems += [f"{name} has shape {tuple(weights[name].shape)}, the config needs {tuple(expected[name].shape)}"
+                 for name in sorted(expected.keys() & weights.keys())
+                 if weights[name].shape != expected[name].shape]
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
+
+
+def load_model(path: str | os.PathLike[str], use_ema: bool = True) -> tuple[DiffWave, Config]:
+    """The model (EMA weights, or the raw ones with use_ema=False) and config of a training checkpoint or an
+    exported .safetensors; every setting comes from the file, so no config file is needed."""
+    path = Path(path)
+    if use_ema or path.suffix == ".safetensors":  # an exported file holds a single set of weights
+        weights, values = load_model_weights(path)
+    else:
+        checkpoint = load_checkpoint(path)
+        weights, values = checkpoint.get("model"), checkpoint.get("config")
+        if not (isinstance(weights, dict) and all(isinstance(w, Tensor) for w in weights.values())
+                and isinstance(values, dict)):
+            raise CheckpointError(f"{path}: has no raw 'model' weights (names to tensors) and config")
+    config = config_from_dict(values, source=str(path))
+    model = DiffWave.from_config(config)
+    misfit = weights_misfit(model, weights)
+    if misfit is not None:
+        raise CheckpointError(f"{path}: its weights do not fit its own config ({misfit})")
+    model.load_state_dict(weights)
+    return model.eval(), config
