@@ -120,6 +120,15 @@ def _generate_command(args: argparse.Namespace) -> None:
           f"(real-time factor {seconds / audio_seconds:.3f}); wavs in {args.out}")
 
 
+def _evaluate_command(args: argparse.Namespace) -> None:
+    from diffwave.evaluation import evaluate_vocoded, write_evaluation
+
+    evaluation = evaluate_vocoded(args.features, args.generated, args.split)
+    if args.output:
+        write_evaluation(evaluation, args.output)
+    print(f"evaluate: {evaluation.summary()}" + (f"; per-utterance table in {args.output}" if args.output else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffwave",
@@ -190,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--force", action="store_true", help="replace existing output files")
     gen.set_defaults(handler=_generate_command)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="objective distances of vocoded wavs to a feature folder's references",
+        description="Compare GENERATED/<id>.wav with the reference audio of each utterance of a split: log-mel "
+                    "L1 (the features' own front-end), multi-resolution STFT distance, SI-SDR.")
+    evaluate.add_argument("--features", required=True, help="feature folder made by 'diffwave preprocess'")
+    evaluate.add_argument("--generated", required=True, help="folder of vocoded <id>.wav files")
+    evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    evaluate.add_argument("-o", "--output", help="write the per-utterance table (TSV) here")
+    evaluate.set_defaults(handler=_evaluate_command)
     return parser
 
 
