@@ -155,7 +155,10 @@ def test_run_folder_rules(tiny_features, tmp_path):
     (stray / "notes.txt").write_text("mine")
     with pytest.raises(TrainingError, match="not empty and holds no checkpoint"):
         prepare_run_dir(stray, resume=False, overwrite=False)
-    assert prepare_run_dir(stray, resume=False, overwrite=True) is None and not (stray / "notes.txt").exists()
+    (stray / "logs").mkdir()
+    (stray / "logs" / "events.out").write_text("old run")
+    assert prepare_run_dir(stray, resume=False, overwrite=True) is None
+    assert (stray / "notes.txt").read_text() == "mine" and not (stray / "logs").exists()  # only run artefacts go
 
 
 def test_resume_with_another_model_shape_is_refused(tiny_features, tmp_path):

@@ -34,6 +34,7 @@ from diffwave.diffusion import NoiseSchedule, epsilon_loss, fast_schedule, sampl
 from diffwave.errors import DataError, TrainingError
 from diffwave.model import DiffWave
 from diffwave.training.checkpoint import (
+    CHECKPOINT_DIR,
     FORMAT_VERSION,
     capture_rng_state,
     check_compatible,
@@ -47,6 +48,7 @@ from diffwave.training.monitor import Monitor, loss_by_step_buckets
 
 logger = logging.getLogger("diffwave.train")
 
+LOG_DIR = "logs"  # TensorBoard event files, beside checkpoints/
 VALIDATION_SEED = 1234  # fixed steps and noise, so valid/loss is comparable across a run
 
 
@@ -105,17 +107,19 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path | N
     """The checkpoint to resume from, or None for a fresh run; refuses to mix runs in one folder.
 
     A folder with checkpoints resumes from the newest (said in the log); `resume=True` demands one;
-    a non-empty folder without checkpoints is refused unless `overwrite`, which clears it first.
+    a non-empty folder without checkpoints is refused unless `overwrite`, which deletes the run's own
+    artefacts (checkpoints/ and logs/) and never anything else the user keeps there.
     """
-    if overwrite and run_dir.exists():
-        if resume:
-            raise TrainingError("--resume and --overwrite contradict each other; choose one")
-        shutil.rmtree(run_dir)
+    if overwrite and resume:
+        raise TrainingError("--resume and --overwrite contradict each other; choose one")
+    if overwrite:
+        for artefacts in (run_dir / CHECKPOINT_DIR, run_dir / LOG_DIR):
+            shutil.rmtree(artefacts, ignore_errors=True)
     checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
     if checkpoint is None:
         if resume:
             raise TrainingError(f"--resume given, but {run_dir} holds no checkpoint to resume from")
-        if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
             raise TrainingError(f"{run_dir} is not empty and holds no checkpoint; choose a new --out folder or "
                                 "pass --overwrite to start over there")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -315,7 +319,7 @@ class Trainer:
                         self.precision, self.context.world_size, train.batch_size, self.step)
         interval: dict[str, list] = {"loss": [], "grad_norm": [], "t": [], "losses": []}
         interval_start = time.perf_counter()
-        with Monitor(self.run_dir / "logs", enabled=self.context.is_main, start_step=self.step,
+        with Monitor(self.run_dir / LOG_DIR, enabled=self.context.is_main, start_step=self.step,
                      total_steps=train.max_steps, log_every=train.log_every) as monitor:
             while self.step < train.max_steps:
                 for batch in self._loader():
