@@ -212,12 +212,17 @@ def test_mask_makes_padded_batch_match_lone_utterances() -> None:
         model(x, t, cond, mask.float())
 
 
-def test_tiled_inference_forward_equals_the_whole_signal_forward():
-    """Without grad, long inputs run tile by tile with halos; wide dilations (512) cross several tiles."""
+@pytest.mark.parametrize("n_mels", [6, None])
+def test_tiled_inference_forward_equals_the_whole_signal_forward(n_mels: int | None) -> None:
+    """CPU inference runs tile by tile, time-major, with halos; wide dilations (512) cross several tiles.
+
+    Row 0 is unmasked (its inner tiles read the residual stream directly), row 1 is masked (every tile builds
+    its conv input), and the signal ends mid-tile.
+    """
     from diffwave.model.diffwave import INFERENCE_TILE
 
     torch.manual_seed(0)
-    model = DiffWave(num_steps=50, residual_channels=4, residual_layers=10, dilation_cycle=10, n_mels=6,
+    model = DiffWave(num_steps=50, residual_channels=4, residual_layers=10, dilation_cycle=10, n_mels=n_mels,
                      hop_length=16)
     torch.nn.init.normal_(model.output_projection.weight)
     frames = (2 * INFERENCE_TILE + 900) // 16
@@ -225,9 +230,23 @@ def test_tiled_inference_forward_equals_the_whole_signal_forward():
     t = torch.tensor([3.0, 41.5])
     mask = torch.ones_like(x, dtype=torch.bool)
     mask[1, -1000:] = False
-    cond = model.condition(torch.randn(2, 6, frames))
-    whole = model(x, t, cond, mask)  # grad enabled: the whole-signal loop
+    mel = torch.randn(2, 6, frames)
+    whole = model(x, t, model.condition(mel) if n_mels else None, mask)  # grad enabled: the whole-signal loop
     with torch.no_grad():
-        tiled = model(x, t, cond, mask)
+        tiled = model(x, t, model.condition(mel) if n_mels else None, mask)
     assert torch.allclose(whole, tiled, atol=1e-5)
     assert not torch.equal(whole[0], whole[1])
+
+
+def test_inference_conditioning_is_time_major_with_the_same_values() -> None:
+    """Without grad on a CPU, `condition` stores [B, L, N, 2C] (read tile by tile), or writes into `out`."""
+    model = tiny()
+    mel = torch.randn(2, 5, 7)
+    trained = model.condition(mel)
+    with torch.no_grad():
+        inferred = model.condition(mel)
+        buffer = torch.full((2, 3, 7 * 6 + 5, 8), float("nan")).transpose(2, 3)
+        written = model.condition(mel, out=buffer[..., :7 * 6])
+    assert inferred.shape == trained.shape and inferred.transpose(2, 3).is_contiguous()
+    torch.testing.assert_close(inferred, trained, atol=1e-6, rtol=1e-6)
+    assert written.data_ptr() == buffer.data_ptr() and torch.equal(written, inferred)

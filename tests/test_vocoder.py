@@ -125,9 +125,9 @@ def test_chunked_ddim_matches_unchunked_without_jumps(vocoder: Vocoder, monkeypa
     windows: list[int] = []
     condition = vocoder.model.condition
 
-    def counting_condition(window_mel: torch.Tensor) -> torch.Tensor:
+    def counting_condition(window_mel: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         windows.append(window_mel.shape[-1])
-        return condition(window_mel)
+        return condition(window_mel, out=out)
 
     monkeypatch.setattr(vocoder.model, "condition", counting_condition)
     whole = vocoder.vocode(mel, sampler="ddim", generator=seeded(6), chunk_seconds=None)

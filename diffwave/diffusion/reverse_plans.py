@@ -156,3 +156,16 @@ def plan_for(schedule: NoiseSchedule, sampler: str, *, steps: int | None = None,
     if sampler == "ddim":
         return ddim(schedule, min(DDIM_DEFAULT_STEPS, schedule.num_steps) if steps is None else steps)
     return full_chain(schedule)
+
+
+def starting_at(plan: ReversePlan, t_start: int) -> ReversePlan:
+    """The plan restricted to its first t_start + 1 states, so the chain starts at plan state t_start.
+
+    For the full chain, state t_start is training step t_start (x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps);
+    this is how a partly noisy signal (zero-shot denoising, SDEdit) enters the reverse chain.
+    """
+    if not 0 <= t_start < len(plan):
+        raise ScheduleError(f"start step must lie in 0..{len(plan) - 1} for plan '{plan.name}', got {t_start}")
+    end = t_start + 1
+    return ReversePlan(f"{plan.name}-from-{t_start}", plan.alpha_bars[:end], plan.alpha_bars_prev[:end],
+                       plan.model_steps[:end], plan.sigmas[:end], plan.update)

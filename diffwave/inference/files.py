@@ -27,7 +27,9 @@ MEL_SUFFIXES = (".npy", ".pt")
 
 
 @dataclass
-class VocodeSummary:
+class RunSummary:
+    """What a run over files did: written files, audio seconds, wall seconds, and the inputs it refused."""
+
     files: int = 0
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -43,16 +45,27 @@ class VocodeSummary:
                 f"(real-time factor {self.real_time_factor:.3f}), {len(self.failures)} failed")
 
 
-def find_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Mel and audio files named directly or found (recursively) in named folders, in a stable order."""
+def find_inputs(inputs: Sequence[str | Path], suffixes: Sequence[str] = MEL_SUFFIXES + AUDIO_SUFFIXES) -> list[Path]:
+    """Files named directly, or found (recursively, by suffix) in named folders, in a stable order."""
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in
-                            MEL_SUFFIXES + AUDIO_SUFFIXES and not p.name.startswith("."))
+            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+                            and not p.name.startswith("."))
         else:
             found.append(item)
     return found
+
+
+def output_path(path: Path, out_dir: Path, inputs: set[Path], force: bool) -> Path:
+    """OUT_DIR/<stem>.wav for input `path`, refused when it is one of the (resolved) inputs, or when it exists
+    and `force` is off."""
+    target = out_dir / f"{path.stem}.wav"
+    if target.resolve() in inputs:
+        raise DiffwaveError(f"{path}: its output {target} would overwrite an input; choose another -o")
+    if target.exists() and not force:
+        raise DiffwaveError(f"{target} already exists; pass --force to replace it")
+    return target
 
 
 def load_mel_file(path: Path) -> torch.Tensor:
@@ -88,7 +101,7 @@ def _batches(items: list[tuple[Path, Path, torch.Tensor]], size: int) -> Iterato
 
 def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out_dir: str | Path, *, sampler: str = "fast",
                  steps: int | None = None, schedule: str | list[float] | None = None, batch_size: int = 1,
-                 seed: int = 0, force: bool = False) -> VocodeSummary:
+                 seed: int = 0, force: bool = False) -> RunSummary:
     """Vocode every input into OUT_DIR/<name>.wav; bad inputs are listed in the summary's failures."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
@@ -96,17 +109,12 @@ def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out_dir: str | 
     paths = find_inputs(inputs)
     if not paths:
         raise VocodeError("no input files: name mel (.npy, .pt) or audio files, or folders holding them")
-    summary = VocodeSummary()
+    summary = RunSummary()
     resolved_inputs = {p.resolve() for p in paths if p.exists()}
     ready: list[tuple[Path, Path, torch.Tensor]] = []
     for path in paths:
-        target = out_dir / f"{path.stem}.wav"
         try:
-            if target.resolve() in resolved_inputs:
-                raise VocodeError(f"{path}: its output {target} would overwrite an input; choose another -o")
-            if target.exists() and not force:
-                raise VocodeError(f"{target} already exists; pass --force to replace it")
-            ready.append((path, target, _input_mel(vocoder, path)))
+            ready.append((path, output_path(path, out_dir, resolved_inputs, force), _input_mel(vocoder, path)))
         except DiffwaveError as error:
             logger.error("%s", error)
             summary.failures.append(str(error))
