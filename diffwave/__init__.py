@@ -18,7 +18,7 @@ from diffwave.diffusion import (  # noqa: E402
     variational_bound,
 )
 from diffwave.errors import DiffwaveError  # noqa: E402
-from diffwave.inference import Vocoder  # noqa: E402
+from diffwave.inference import Vocoder, denoise, generate, load_unconditional  # noqa: E402
 from diffwave.model import DiffWave  # noqa: E402
 
 __all__ = [
@@ -30,10 +30,13 @@ __all__ = [
     "Vocoder",
     "__version__",
     "ddim",
+    "denoise",
     "diffusion_loss",
     "fast_schedule",
     "full_chain",
+    "generate",
     "load_config",
+    "load_unconditional",
     "sample",
     "variational_bound",
 ]

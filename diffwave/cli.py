@@ -106,7 +106,8 @@ def _generate_command(args: argparse.Namespace) -> None:
 
     import torch
 
-    from diffwave.inference.generate import generate, load_unconditional, write_clips
+    from diffwave.inference.generate import generate, write_clips
+    from diffwave.inference.loading import load_unconditional
 
     model, config = load_unconditional(args.checkpoint, device=args.device)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
@@ -118,6 +119,17 @@ def _generate_command(args: argparse.Namespace) -> None:
     audio_seconds = sum(clip.numel() for clip in clips) / config.audio.sample_rate
     print(f"generate: {len(paths)} files, {audio_seconds:.2f} s of audio in {seconds:.2f} s "
           f"(real-time factor {seconds / audio_seconds:.3f}); wavs in {args.out}")
+
+
+def _denoise_command(args: argparse.Namespace) -> int | None:
+    from diffwave.inference.files import denoise_files
+    from diffwave.inference.loading import load_unconditional
+
+    model, config = load_unconditional(args.checkpoint, device=args.device, purpose="denoising")
+    summary = denoise_files(model, config, args.inputs, args.out, t_start=args.t_start, sdedit=args.sdedit,
+                            seed=args.seed, force=args.force, target_rms=args.target_rms)
+    print(f"denoise: {summary.line()}; wavs in {args.out}")
+    return 2 if summary.failures else None
 
 
 def _evaluate_command(args: argparse.Namespace) -> None:
@@ -206,6 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--force", action="store_true", help="replace existing output files")
     gen.set_defaults(handler=_generate_command)
+
+    den = commands.add_parser(
+        "denoise", help="zero-shot denoising of audio files with an unconditional model",
+        description="Denoise audio files (or folders of them) into OUTDIR/<name>.wav at each input's own rate and "
+                    "length: the noisy signal enters the reverse chain of an unconditional model at the step "
+                    "whose noise level matches the estimated one (or --t-start), and the chain runs to 0.")
+    den.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders")
+    den.add_argument("--checkpoint", required=True, help="an unconditional training checkpoint or .safetensors")
+    den.add_argument("-o", "--out", required=True, help="output folder (must exist)")
+    den.add_argument("--t-start", type=int, help="0-based start step (default: chosen from the noise level)")
+    den.add_argument("--sdedit", action="store_true", help="add fresh noise at the start step (SDEdit) instead "
+                                                           "of taking the scaled input as the state")
+    den.add_argument("--target-rms", type=float, default=0.1,
+                     help="level the input is normalised to, as the model was trained (default: 0.1)")
+    den.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    den.add_argument("--seed", type=int, default=0)
+    den.add_argument("--force", action="store_true", help="replace existing output files")
+    den.set_defaults(handler=_denoise_command)
 
     evaluate = commands.add_parser(
         "evaluate", help="objective distances of vocoded wavs to a feature folder's references",

@@ -172,6 +172,12 @@ def _large() -> Config:
     )
 
 
+def _lmnt() -> Config:
+    """BASE with the reference implementation's (lmnt-com/diffwave) front-end: its mels in [0, 1] from 20 Hz
+    to Nyquist, so a model fits features and checkpoints made with that code."""
+    return Config(name="lmnt", audio=AudioConfig(mel_preset="lmnt", f_min=20.0, f_max=None))
+
+
 def _unconditional() -> Config:
     """The paper's SC09 recipe: 16 kHz, 1-second crops, no conditioner."""
     return Config(
@@ -199,6 +205,7 @@ def _tiny() -> Config:
 PRESETS: dict[str, Callable[[], Config]] = {
     "base": Config,
     "large": _large,
+    "lmnt": _lmnt,
     "unconditional": _unconditional,
     "tiny": _tiny,
 }

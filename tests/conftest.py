@@ -37,3 +37,15 @@ def tiny_checkpoint(tiny_features, tmp_path_factory) -> Path:
                  "train.save_every=20"]
     train(load_config("tiny", overrides), tiny_features, run_dir, device="cpu")
     return run_dir / "checkpoints" / "step_00000020.pt"
+
+
+@pytest.fixture(scope="session")
+def unconditional_checkpoint(tiny_features, tmp_path_factory) -> Path:
+    """A tiny unconditional model trained for 3 steps (for generation and denoising plumbing)."""
+    from diffwave.training.run import train
+
+    run_dir = tmp_path_factory.mktemp("uncond") / "run"
+    config = load_config("tiny", ["model.conditional=false", "train.max_steps=3", "train.save_every=3",
+                                  "train.valid_every=100", "train.sample_every=100"])
+    train(config, tiny_features, run_dir, device="cpu")
+    return run_dir / "checkpoints" / "step_00000003.pt"

@@ -2,6 +2,8 @@
 and the end-to-end API on a tiny unconditional model."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,13 +14,7 @@ from diffwave.config import load_config
 from diffwave.diffusion import NoiseSchedule
 from diffwave.diffusion.reverse_plans import full_chain, starting_at
 from diffwave.errors import DiffwaveError, ScheduleError
-from diffwave.inference.denoise import (
-    choose_start_step,
-    denoise,
-    denoise_file,
-    denoise_normalised,
-    estimate_noise_std,
-)
+from diffwave.inference.denoise import choose_start_step, denoise, denoise_normalised, estimate_noise_std
 from diffwave.model import DiffWave
 from tests.analytic import gaussian
 from tests.audio_fixtures import harmonic_tone
@@ -98,21 +94,50 @@ def tiny_unconditional():
     return model.eval(), config
 
 
+def noisy_tone(rate: int, seconds: float, noise_std: float = 0.01) -> torch.Tensor:
+    clean = paused_tone(rate, seconds, 0.05)
+    return torch.from_numpy(clean + noise_std * np.random.default_rng(0).standard_normal(clean.size)).float()
+
+
 def test_denoise_keeps_the_input_rate_and_length(tiny_unconditional):
     model, config = tiny_unconditional
-    rate = 16000
     assert config.audio.sample_rate == 8000
-    clean = paused_tone(rate, 0.5, 0.05)
-    noisy = torch.from_numpy(clean + 0.01 * np.random.default_rng(0).standard_normal(clean.size)).float()
-    noisy = noisy[:7999]  # an odd length that does not survive 16k -> 8k -> 16k by itself
-    out, t_star = denoise(noisy, rate, model, config, generator=torch.Generator().manual_seed(0))
+    noisy = noisy_tone(16000, 0.5, 0.05)[:7999]  # an odd length that does not survive 16k -> 8k -> 16k by itself
+    out, t_star, snr_db = denoise(noisy, 16000, model, config=config, generator=torch.Generator().manual_seed(0))
     assert out.shape == noisy.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
-    assert 0 <= t_star < config.diffusion.num_steps
-    again, _ = denoise(noisy, rate, model, config, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(out, again)
-    edited, t_given = denoise(noisy, rate, model, config, t_start=5, sdedit=True,
-                              generator=torch.Generator().manual_seed(0))
-    assert t_given == 5 and edited.shape == noisy.shape and torch.isfinite(edited).all()
+    assert 0 < t_star < config.diffusion.num_steps and math.isfinite(snr_db)
+    again = denoise(noisy, 16000, model, config=config, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again.audio)
+    other = denoise(noisy, 16000, model, config=config, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(out, other.audio)
+    edited = denoise(noisy, 16000, model, 5, config=config, sdedit=True, generator=torch.Generator().manual_seed(0))
+    assert edited.start_step == 5 and edited.audio.shape == noisy.shape and torch.isfinite(edited.audio).all()
+    assert not torch.equal(edited.audio, denoise(noisy, 16000, model, 5, config=config,
+                                                 generator=torch.Generator().manual_seed(0)).audio)
+
+
+def test_stereo_arrays_are_downmixed_like_files(tiny_unconditional):
+    model, config = tiny_unconditional
+    left, right = noisy_tone(8000, 0.3), noisy_tone(8000, 0.3).flip(0)
+    stereo = torch.stack([left, right], dim=1)  # [samples, channels], as sf.read returns
+    seeded = dict(config=config, t_start=3, generator=torch.Generator().manual_seed(0))
+    from_stereo = denoise(stereo.numpy(), 8000, model, **seeded).audio
+    seeded["generator"] = torch.Generator().manual_seed(0)
+    from_mean = denoise((left + right) / 2, 8000, model, **seeded).audio
+    assert from_stereo.shape == left.shape and torch.equal(from_stereo, from_mean)
+
+
+def test_chunked_denoising_matches_one_window(tiny_unconditional):
+    """Windows share the positional noise, so only the network's edge effects differ, inside the cross-fades."""
+    model, config = tiny_unconditional
+    noisy = noisy_tone(8000, 2.0, 0.02)
+    whole = denoise(noisy, 8000, model, config=config, chunk_seconds=None, generator=torch.Generator().manual_seed(3))
+    chunked = denoise(noisy, 8000, model, config=config, chunk_seconds=0.5, overlap_seconds=0.1,
+                      generator=torch.Generator().manual_seed(3))
+    assert whole.start_step == chunked.start_step > 0
+    difference = (whole.audio - chunked.audio).abs()
+    assert difference.max().item() < 1e-2 * whole.audio.abs().max().item()
+    assert not torch.equal(whole.audio, chunked.audio)  # the windows really were run separately
 
 
 def test_start_step_zero_returns_the_input_at_its_own_level(tiny_unconditional):
@@ -120,20 +145,10 @@ def test_start_step_zero_returns_the_input_at_its_own_level(tiny_unconditional):
     # beta_0 / sqrt(1 - abar_0) = 0.01 here, so the output is the input up to about 1 % of the model's eps.
     model, config = tiny_unconditional
     loud = torch.from_numpy(paused_tone(8000, 0.5, 0.4)).float()
-    out, t_star = denoise(loud, 8000, model, config, t_start=0)
+    out, t_star, _ = denoise(loud, 8000, model, 0, config=config)
     assert t_star == 0
     error = (out - loud).pow(2).mean().sqrt().item()
     assert error < 0.05 * loud.pow(2).mean().sqrt().item()
-
-
-def test_denoise_file_writes_at_the_files_rate(tiny_unconditional, tmp_path):
-    model, config = tiny_unconditional
-    stereo = np.stack([paused_tone(16000, 0.3, 0.1)] * 2, axis=1).astype(np.float32)
-    sf.write(tmp_path / "in.wav", stereo, 16000)
-    t_star = denoise_file(tmp_path / "in.wav", tmp_path / "out.wav", model, config,
-                          generator=torch.Generator().manual_seed(0))
-    audio, rate = sf.read(tmp_path / "out.wav")
-    assert rate == 16000 and audio.shape == (stereo.shape[0],) and 0 <= t_star < config.diffusion.num_steps
 
 
 def test_conditional_models_and_bad_input_are_refused(tiny_unconditional):
@@ -141,10 +156,58 @@ def test_conditional_models_and_bad_input_are_refused(tiny_unconditional):
     conditional = DiffWave.from_config(load_config("tiny"))
     audio = torch.randn(800) * 0.1
     with pytest.raises(DiffwaveError, match="needs an unconditional model"):
-        denoise(audio, 8000, conditional, load_config("tiny"))
+        denoise(audio, 8000, conditional, config=load_config("tiny"))
     bad = audio.clone()
     bad[10] = float("nan")
     with pytest.raises(DiffwaveError, match="NaN/Inf"):
-        denoise(bad, 8000, model, config)
+        denoise(bad, 8000, model, config=config)
     with pytest.raises(DiffwaveError, match="silent"):
-        denoise(torch.zeros(800), 8000, model, config)
+        denoise(torch.zeros(800), 8000, model, config=config)
+    with pytest.raises(DiffwaveError, match="t_start must lie in 0..49"):
+        denoise(audio, 8000, model, 50, config=config)
+    with pytest.raises(DiffwaveError, match="expected mono"):
+        denoise(torch.randn(2, 3, 800), 8000, model, config=config)
+
+
+def run_denoise(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "diffwave", "denoise", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_denoise_command_writes_each_file_at_its_rate_and_reports_bad_ones(unconditional_checkpoint, tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    out.mkdir()
+    stereo = np.stack([paused_tone(16000, 0.4, 0.1)] * 2, axis=1).astype(np.float32)
+    sf.write(inputs / "stereo16k.wav", stereo, 16000)
+    sf.write(inputs / "mono8k.wav", noisy_tone(8000, 0.3).numpy(), 8000)
+    sf.write(inputs / "silent.wav", np.zeros(800, dtype=np.float32), 8000)
+    (inputs / "text.wav").write_text("not audio")
+    result = run_denoise(str(inputs), str(tmp_path / "missing.wav"), "--checkpoint", str(unconditional_checkpoint),
+                         "-o", str(out), "--seed", "2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stdout.startswith("denoise: 2 files") and "3 failed" in result.stdout
+    for name in ("silent.wav", "text.wav", "missing.wav"):
+        assert name in result.stderr
+    assert "start step" in result.stderr and "estimated input SNR" in result.stderr
+    audio, rate = sf.read(out / "stereo16k.wav")
+    assert rate == 16000 and audio.shape == (stereo.shape[0],)
+    audio, rate = sf.read(out / "mono8k.wav")
+    assert rate == 8000 and audio.shape == (2400,)
+    assert sorted(p.name for p in out.iterdir()) == ["mono8k.wav", "stereo16k.wav"]
+    again = run_denoise(str(inputs / "mono8k.wav"), "--checkpoint", str(unconditional_checkpoint), "-o", str(out),
+                        "--t-start", "4")
+    assert again.returncode == 2 and "already exists; pass --force" in again.stderr
+
+
+def test_denoise_command_refuses_a_conditional_checkpoint(tiny_checkpoint, tmp_path):
+    sf.write(tmp_path / "a.wav", noisy_tone(8000, 0.2).numpy(), 8000)
+    result = run_denoise(str(tmp_path / "a.wav"), "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "is a conditional (mel) model; denoising needs an unconditional checkpoint" in result.stderr
+
+
+def test_denoise_takes_a_checkpoint_path(unconditional_checkpoint):
+    noisy = noisy_tone(8000, 0.2)
+    out, t_star, _ = denoise(noisy, 8000, unconditional_checkpoint, generator=torch.Generator().manual_seed(0))
+    assert out.shape == noisy.shape and 0 <= t_star < 50

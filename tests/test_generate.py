@@ -3,25 +3,14 @@
 import hashlib
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import soundfile as sf
 import torch
 
-from diffwave.config import load_config
 from diffwave.errors import CheckpointError
-from diffwave.inference.generate import generate, load_unconditional
-from diffwave.training.run import train
-
-
-@pytest.fixture(scope="module")
-def unconditional_checkpoint(tiny_features, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("uncond") / "run"
-    config = load_config("tiny", ["model.conditional=false", "train.max_steps=3", "train.save_every=3",
-                                  "train.valid_every=100", "train.sample_every=100"])
-    train(config, tiny_features, run_dir, device="cpu")
-    return run_dir / "checkpoints" / "step_00000003.pt"
+from diffwave.inference.generate import generate
+from diffwave.inference.loading import load_unconditional
 
 
 def run_generate(*args: str) -> subprocess.CompletedProcess:

@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_quickstart_outputs(tmp_path):
     out = tmp_path / "quickstart"
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "OUT": str(out), "STEPS": "20", "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "OUT": str(out), "STEPS": "20", "CONFIG": "tiny",
+           "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     result = subprocess.run(["bash", str(REPO / "recipes" / "quickstart" / "run.sh")], capture_output=True,
                             text=True, timeout=600, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

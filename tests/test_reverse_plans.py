@@ -63,6 +63,22 @@ class TestEveryPlan:
         assert torch.equal(run(7), run(7))
         assert not torch.equal(run(7), run(8))
 
+    def test_noise_fn_replaces_the_generator_draw_for_draw(self, case):
+        """x_T and each noisy step's noise come from noise_fn, in plan order, and only where sigma > 0."""
+        schedule, plan = case
+        eps_fn = gaussian(0.2, 0.5).eps_fn(schedule)
+        source, asked = torch.Generator().manual_seed(5), []
+
+        def noise_fn(i: int) -> torch.Tensor:
+            asked.append(i)
+            return torch.randn(4, 32, generator=source)
+
+        from_fn = sample(plan, eps_fn, (4, 32), noise_fn=noise_fn)
+        from_generator = sample(plan, eps_fn, (4, 32), generator=torch.Generator().manual_seed(5))
+        assert torch.equal(from_fn, from_generator)
+        noisy = [i for i in reversed(range(len(plan))) if plan.sigmas[i].item() > 0]
+        assert asked == [len(plan), *noisy]
+
     def test_clip_bounds_output(self, case):
         schedule, plan = case
         eps_fn = gaussian(0.0, 3.0).eps_fn(schedule)

@@ -69,12 +69,13 @@ def test_one_bad_input_among_many(tiny_checkpoint, inputs, tmp_path):
     (inputs / "broken.wav").write_bytes(b"")
     out = tmp_path / "out"
     out.mkdir()
+    # batches of 3 mix the bad mels with good ones: each input is checked alone, so only the bad ones fail
     result = run_vocode(str(inputs), str(tmp_path / "missing.npy"), "--checkpoint", str(tiny_checkpoint),
-                        "-o", str(out))
+                        "-o", str(out), "--batch-size", "3")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["utt_audio.wav", "utt_mel.wav", "utt_pt.wav"]
     stderr = result.stderr
-    assert "mel has 100 bins, model expects 20 (preset hifigan)" in stderr
+    assert "wide.npy: mel has 100 bins, model expects 20 (preset hifigan)" in stderr
     assert "lmnt" in stderr and "hifigan" in stderr
     assert "broken.wav: empty" in stderr
     assert "missing.npy: no such file" in stderr

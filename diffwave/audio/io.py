@@ -129,6 +129,23 @@ def _downmix(samples: np.ndarray, path: Path) -> np.ndarray:
     return samples.mean(axis=1, dtype=np.float32)
 
 
+MAX_CHANNELS = 8  # a 2-D array [N, C] with C up to this (and N > C) is read as soundfile's [samples, channels]
+
+
+def as_mono(audio: Tensor | np.ndarray, what: str = "audio") -> Tensor:
+    """float32 mono [samples] from [samples] or soundfile's [samples, channels], averaging channels as
+    read_audio does, so arrays from `sf.read` follow the same policy as files."""
+    audio = torch.as_tensor(audio)
+    if audio.ndim == 2 and audio.shape[1] <= MAX_CHANNELS and audio.shape[0] > audio.shape[1]:
+        if audio.shape[1] > 1:
+            logger.info("%s: downmixed %d channels to mono by their mean", what, audio.shape[1])
+        audio = audio.float().mean(dim=1)
+    if audio.ndim != 1:
+        raise AudioError(f"{what}: expected mono [samples] or [samples, channels<={MAX_CHANNELS}], "
+                         f"found shape {tuple(audio.shape)}", "wrong shape")
+    return audio.float()
+
+
 def read_audio(path: PathLike, sample_rate: int, *, strict_rate: bool = False) -> Tensor:
     """Read any file soundfile decodes as float32 mono [samples] at `sample_rate`.
 

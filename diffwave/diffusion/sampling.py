@@ -16,6 +16,10 @@ from diffwave.diffusion.reverse_plans import ReversePlan
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 StepCallback = Callable[[int, Tensor], None]
+# noise_fn(i): standard normal noise of x's shape for plan index i (i = len(plan) for x_T). Callers whose
+# noise must depend on where a slice sits in a longer signal (chunked synthesis) supply it; by default the
+# noise comes from the generator.
+NoiseFn = Callable[[int], Tensor]
 
 
 def ancestral_mean(x: Tensor, eps: Tensor, alpha_bar: float, alpha_bar_prev: float) -> Tensor:
@@ -32,7 +36,7 @@ def ddim_mean(x: Tensor, eps: Tensor, alpha_bar: float, alpha_bar_prev: float, s
 
 
 def reverse_step(plan: ReversePlan, i: int, x: Tensor, eps: Tensor,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None) -> Tensor:
     """Move from plan state i to the state before it; fresh noise only where sigma_i > 0."""
     alpha_bar, alpha_bar_prev = plan.alpha_bars[i].item(), plan.alpha_bars_prev[i].item()
     sigma = plan.sigmas[i].item()
@@ -41,30 +45,42 @@ def reverse_step(plan: ReversePlan, i: int, x: Tensor, eps: Tensor,
     else:
         x_prev = ddim_mean(x, eps, alpha_bar, alpha_bar_prev, sigma)
     if sigma > 0:
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = standard_noise(x.shape, i, generator, noise_fn, x.device, x.dtype)
         x_prev = x_prev + sigma * noise
     return x_prev
+
+
+def standard_noise(shape: tuple[int, ...] | torch.Size, i: int, generator: torch.Generator | None,
+                   noise_fn: NoiseFn | None, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
+    """Noise for plan index i: from noise_fn when given (checked against `shape`), else from the generator."""
+    if noise_fn is None:
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    noise = noise_fn(i)
+    if tuple(noise.shape) != tuple(shape):
+        raise ValueError(f"noise_fn({i}) gave shape {tuple(noise.shape)}, expected {tuple(shape)}")
+    return noise.to(device, dtype)
 
 
 @torch.inference_mode()
 def sample(plan: ReversePlan, eps_fn: EpsFn, shape: tuple[int, ...] | torch.Size, *,
            generator: torch.Generator | None = None, x_T: Tensor | None = None,
            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-           clip: bool = False, callback: StepCallback | None = None) -> Tensor:
+           clip: bool = False, callback: StepCallback | None = None, noise_fn: NoiseFn | None = None) -> Tensor:
     """Run the reverse chain of `plan` from x_T (default: standard noise of `shape`) down to the data.
 
     `callback(i, x)` is called after each step with the plan index just completed (S-1 down to 0).
     `clip` clamps the result to [-1, 1], as audio output wants; the exactness tests leave it off.
+    `noise_fn` replaces the generator as the source of x_T and of every step's fresh noise.
     """
     if x_T is None:
-        x = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        x = standard_noise(shape, len(plan), generator, noise_fn, device, dtype)
     else:
         if tuple(x_T.shape) != tuple(shape):
             raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
         x = x_T.clone()
     for i in reversed(range(len(plan))):
         t = torch.full((x.shape[0],), plan.model_steps[i].item(), device=x.device, dtype=torch.float32)
-        x = reverse_step(plan, i, x, eps_fn(x, t), generator)
+        x = reverse_step(plan, i, x, eps_fn(x, t), generator, noise_fn)
         if callback is not None:
             callback(i, x)
     return x.clamp(-1.0, 1.0) if clip else x

@@ -29,12 +29,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffwave.errors import DiffwaveError
+
 NOISE_BLOCK = 8192  # samples per independently seeded noise block
+CHUNK_SECONDS = 5.0  # window core; see the defaults note in Vocoder.vocode
+OVERLAP_SECONDS = 0.3  # context on each side of a window, and the cross-fade length
 
 
 def mix_seed(*words: int) -> int:
     """A well-mixed 63-bit seed from non-negative integers (numpy's SeedSequence does the mixing)."""
     return int(np.random.SeedSequence(list(words)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def draw_seed(generator: torch.Generator | None) -> int:
+    """One base seed from `generator` (torch's global generator when None): everything positional derives
+    from it, so the caller's generator state alone decides the output."""
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**63 - 1, (1,), generator=generator, device=device))
 
 
 def utterance_seed(base_seed: int, mel: Tensor) -> int:
@@ -83,6 +94,17 @@ class ChunkLayout:
     def __post_init__(self) -> None:
         if self.chunk is not None and not 0 <= self.context <= self.chunk:
             raise ValueError(f"chunk context must lie in [0, chunk={self.chunk}] frames, got {self.context}")
+
+    @classmethod
+    def from_seconds(cls, chunk_seconds: float | None, overlap_seconds: float, frames_per_second: float) -> ChunkLayout:
+        """Windows of `chunk_seconds` with `overlap_seconds` of context (None: one window), in frames."""
+        if chunk_seconds is None:
+            return cls(None, 0)
+        if not chunk_seconds > 0 or not 0 <= overlap_seconds <= chunk_seconds:
+            raise DiffwaveError(f"need chunk_seconds > 0 and 0 <= overlap_seconds <= chunk_seconds, got "
+                                f"{chunk_seconds} and {overlap_seconds}")
+        chunk = max(1, round(chunk_seconds * frames_per_second))
+        return cls(chunk, min(chunk, round(overlap_seconds * frames_per_second)))
 
     def count(self, frames: int) -> int:
         """Windows needed for `frames`: one more only once a remainder exceeds the context."""

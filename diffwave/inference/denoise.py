@@ -8,28 +8,47 @@ posterior p(x0 | y). SDEdit (Meng et al. 2022) instead adds fresh noise: x_{t*} 
 
 The model only knows the level it was trained on: the input is normalised to `target_rms` (0.1, about
 -20 dBFS, the level speech corpora such as LJSpeech/SC09 are assumed to sit at) and the level is restored on
-output; the noise level is estimated on the normalised signal.
+output; the noise level is estimated on the normalised signal. Long inputs run window by window with the
+vocoder's layout and positional noise (`chunking`), so memory stays bounded and the output does not depend
+on the windowing beyond the network's edge effects.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from typing import NamedTuple
 
-import soundfile as sf
+import numpy as np
 import torch
+import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch import Tensor
 
-from diffwave.audio import read_audio, write_audio
+from diffwave.audio import as_mono
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, sample
 from diffwave.diffusion.reverse_plans import full_chain, starting_at
-from diffwave.diffusion.sampling import EpsFn
+from diffwave.diffusion.sampling import EpsFn, NoiseFn
 from diffwave.errors import DiffwaveError
+from diffwave.inference.chunking import CHUNK_SECONDS, OVERLAP_SECONDS, ChunkLayout, PositionalNoise, draw_seed
+from diffwave.inference.loading import load_unconditional
+from diffwave.model import DiffWave
+
+logger = logging.getLogger("diffwave.denoise")
 
 DEFAULT_TARGET_RMS = 0.1  # about -20 dBFS: the level the unconditional model is assumed trained on
 NOISE_PERCENTILE = 0.10
+
+
+class Denoised(NamedTuple):
+    """The denoised audio (float32, CPU, the input's rate and length), the start step t* (0-based) and the
+    input's signal-to-noise ratio as estimated from its quietest frames (dB)."""
+
+    audio: Tensor
+    start_step: int
+    estimated_snr_db: float
 
 
 def estimate_noise_std(audio: Tensor, frame: int = 512) -> float:
@@ -67,43 +86,72 @@ def choose_start_step(schedule: NoiseSchedule, noise_std: float) -> int:
 
 
 def denoise_normalised(y: Tensor, schedule: NoiseSchedule, eps_fn: EpsFn, t_start: int, *,
-                       sdedit: bool = False, generator: torch.Generator | None = None) -> Tensor:
+                       sdedit: bool = False, generator: torch.Generator | None = None,
+                       noise_fn: NoiseFn | None = None) -> Tensor:
     """The chain itself: y [B, N] (already at the model's rate and level) -> x0 [B, N], started at t_start.
 
     x_{t*} = sqrt(abar_{t*}) y, or with `sdedit` sqrt(abar_{t*}) y + sqrt(1 - abar_{t*}) z; then the full
-    chain restricted to its first t* + 1 states. Computed in y's dtype and on y's device.
+    chain restricted to its first t* + 1 states. Computed in y's dtype and on y's device; noise from
+    `noise_fn` when given (z is its draw t* + 1), else from `generator`.
     """
     plan = starting_at(full_chain(schedule), t_start)
     alpha_bar = schedule.alpha_bars[t_start].item()
     x = math.sqrt(alpha_bar) * y
     if sdedit:
-        z = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-        x = x + math.sqrt(1 - alpha_bar) * z
-    return sample(plan, eps_fn, tuple(y.shape), generator=generator, x_T=x, device=y.device, dtype=y.dtype)
+        z = noise_fn(len(plan)) if noise_fn is not None else torch.randn(y.shape, generator=generator,
+                                                                          device=y.device, dtype=y.dtype)
+        x = x + math.sqrt(1 - alpha_bar) * z.to(y.device, y.dtype)
+    return sample(plan, eps_fn, tuple(y.shape), generator=generator, x_T=x, device=y.device, dtype=y.dtype,
+                  noise_fn=noise_fn)
+
+
+def _positional_noise(source: PositionalNoise, offset: int, length: int, device: torch.device) -> NoiseFn:
+    """noise_fn for samples [offset, offset + length) of one signal: draw i is the same wherever it is cut."""
+    buffer = torch.empty(1, length)
+
+    def noise_fn(i: int) -> Tensor:
+        source.fill(buffer[0], i, offset)
+        return buffer.to(device)
+
+    return noise_fn
+
+
+def _model_and_config(model: DiffWave | str | os.PathLike[str], config: Config | None) -> tuple[DiffWave, Config]:
+    if isinstance(model, (str, os.PathLike)):
+        return load_unconditional(model, purpose="denoising")
+    if config is None:
+        raise ValueError("denoise with a DiffWave module needs its config (or pass a checkpoint path as model)")
+    if model.conditional:
+        raise DiffwaveError("denoising needs an unconditional model (model.conditional: false); "
+                            "this one is conditioned on mels")
+    return model, config
 
 
 @torch.inference_mode()
-def denoise(audio: Tensor, sample_rate: int, model, config: Config, *, t_start: int | None = None,
-            sdedit: bool = False, generator: torch.Generator | None = None,
-            target_rms: float = DEFAULT_TARGET_RMS) -> tuple[Tensor, int]:
-    """Denoise a mono signal [samples] at `sample_rate` with an unconditional model.
+def denoise(audio: Tensor | np.ndarray, sample_rate: int, model: DiffWave | str | os.PathLike[str],
+            t_start: int | None = None, *, config: Config | None = None, sdedit: bool = False,
+            generator: torch.Generator | None = None, target_rms: float = DEFAULT_TARGET_RMS,
+            chunk_seconds: float | None = CHUNK_SECONDS, overlap_seconds: float = OVERLAP_SECONDS) -> Denoised:
+    """Denoise audio [samples] (or soundfile's [samples, channels], downmixed by the mean) at `sample_rate`.
 
-    Returns (denoised float32 CPU audio at the input's rate and length, the start step t* used). The signal
-    is resampled to the model's rate (and back), normalised to `target_rms` (and restored), and t* is chosen
-    from the estimated noise level unless given.
+    `model` is an unconditional DiffWave with its `config`, or the path of an unconditional checkpoint. The
+    signal is resampled to the model's rate (and back), normalised to `target_rms` (and restored), and t* is
+    chosen from the estimated noise level unless given. The same generator state gives the same output.
     """
-    if getattr(model, "conditional", False):
-        raise DiffwaveError("denoising needs an unconditional model (model.conditional: false); "
-                            "this one is conditioned on mels")
-    audio = torch.as_tensor(audio)
-    if audio.ndim != 1 or audio.numel() == 0:
-        raise DiffwaveError(f"denoise expects a non-empty mono signal [samples], got shape {tuple(audio.shape)}")
+    model, config = _model_and_config(model, config)
+    audio = as_mono(audio, "denoise input")
+    if audio.numel() == 0:
+        raise DiffwaveError("denoise input is empty; expected a non-empty mono signal [samples]")
     if not torch.isfinite(audio).all():
         raise DiffwaveError("the input audio has NaN/Inf samples; denoise needs finite audio")
     if sample_rate <= 0 or target_rms <= 0:
         raise DiffwaveError(f"sample_rate and target_rms must be positive, got {sample_rate} and {target_rms}")
-    length = audio.numel()
-    model_rate = config.audio.sample_rate
+    schedule = NoiseSchedule.from_config(config.diffusion)
+    if t_start is not None and not 0 <= t_start < schedule.num_steps:
+        raise DiffwaveError(f"t_start must lie in 0..{schedule.num_steps - 1} for this model, got {t_start}")
+    layout = ChunkLayout.from_seconds(chunk_seconds, overlap_seconds,
+                                      config.audio.sample_rate / config.audio.hop_length)
+    length, model_rate = audio.numel(), config.audio.sample_rate
     y = audio.detach().to("cpu", torch.float32)
     if sample_rate != model_rate:
         y = AF.resample(y, sample_rate, model_rate)
@@ -111,31 +159,30 @@ def denoise(audio: Tensor, sample_rate: int, model, config: Config, *, t_start: 
     if rms == 0:
         raise DiffwaveError("the input audio is silent; there is nothing to denoise")
     y = y * (target_rms / rms)
-    schedule = NoiseSchedule.from_config(config.diffusion)
-    if t_start is None:
-        t_start = choose_start_step(schedule, estimate_noise_std(y))
-    device = next(model.parameters()).device
-    x0 = denoise_normalised(y.unsqueeze(0).to(device), schedule, lambda x, t: model(x, t), int(t_start),
-                            sdedit=sdedit, generator=generator)
-    out = x0[0].float().cpu() * (rms / target_rms)
+    noise_std = estimate_noise_std(y)
+    snr_db = 10 * math.log10(max(target_rms**2 - noise_std**2, 1e-12) / max(noise_std**2, 1e-12))
+    t_start = choose_start_step(schedule, noise_std) if t_start is None else int(t_start)
+    logger.debug("denoise: estimated input SNR %.1f dB, starting the chain at step %d of %d%s", snr_db, t_start,
+                schedule.num_steps, " (SDEdit)" if sdedit else "")
+    out = _windowed_chain(y, model, schedule, config.audio.hop_length, layout, t_start, sdedit,
+                          PositionalNoise(draw_seed(generator))) * (rms / target_rms)
     if sample_rate != model_rate:
         out = AF.resample(out, model_rate, sample_rate)
-    out = out[:length] if out.numel() >= length else torch.nn.functional.pad(out, (0, length - out.numel()))
-    return out.clone(), int(t_start)
+    out = out[:length] if out.numel() >= length else F.pad(out, (0, length - out.numel()))
+    return Denoised(out.clone(), t_start, snr_db)
 
 
-def denoise_file(path: str | os.PathLike[str], out_path: str | os.PathLike[str], model, config: Config,
-                 **kwargs) -> int:
-    """Denoise an audio file into `out_path` (written atomically) at the file's own rate; returns t*.
-
-    The file is read with read_audio (mono downmix, validation, refusal of silent/non-finite files); the
-    output is clipped to [-1, 1]. `kwargs` go to `denoise`.
-    """
-    try:
-        rate = sf.info(str(path)).samplerate
-    except (sf.SoundFileError, RuntimeError):
-        rate = None
-    audio = read_audio(path, rate or config.audio.sample_rate)  # read_audio says why an unreadable file fails
-    clean, t_star = denoise(audio, rate or config.audio.sample_rate, model, config, **kwargs)
-    write_audio(out_path, clean.clamp(-1.0, 1.0), rate or config.audio.sample_rate)
-    return t_star
+def _windowed_chain(y: Tensor, model: DiffWave, schedule: NoiseSchedule, hop: int, layout: ChunkLayout,
+                    t_start: int, sdedit: bool, noise: PositionalNoise) -> Tensor:
+    """The truncated chain over y [N] window by window (windows in blocks of `hop` samples, cross-faded)."""
+    device = next(model.parameters()).device
+    frames = math.ceil(y.numel() / hop)
+    padded = F.pad(y, (0, frames * hop - y.numel()))
+    out = torch.zeros_like(padded)
+    for k in range(layout.count(frames)):
+        start, stop = layout.window(k, frames)
+        window = padded[start * hop:stop * hop]
+        x0 = denoise_normalised(window[None].to(device), schedule, lambda x, t: model(x, t), t_start,
+                                sdedit=sdedit, noise_fn=_positional_noise(noise, start * hop, window.numel(), device))
+        out[start * hop:stop * hop] += layout.weights(k, frames, hop) * x0[0].float().cpu()
+    return out[:y.numel()]

@@ -1,6 +1,6 @@
-"""Vocode files: mel files (.npy/.pt) and audio files (copy synthesis) in, WAV files out.
+"""Runs over files: `vocode` (mel files or audio files in, WAV files out) and `denoise` (audio in, audio out).
 
-One bad input is reported and skipped; the others are still vocoded. Outputs are written atomically,
+One bad input is reported and skipped; the others are still processed. Outputs are written atomically,
 never over an input, and over an existing file only when asked.
 """
 
@@ -13,13 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 from tqdm import tqdm
 
 from diffwave.audio import read_audio, write_audio
+from diffwave.config import Config
 from diffwave.data.corpus import AUDIO_SUFFIXES
 from diffwave.errors import DiffwaveError, VocodeError
+from diffwave.inference.denoise import DEFAULT_TARGET_RMS, denoise
 from diffwave.inference.vocoder import Vocoder
+from diffwave.model import DiffWave
 
 logger = logging.getLogger("diffwave.vocode")
 
@@ -88,7 +92,9 @@ def _input_mel(vocoder: Vocoder, path: Path) -> torch.Tensor:
     if not path.exists():
         raise VocodeError(f"{path}: no such file")
     if path.suffix.lower() in MEL_SUFFIXES:
-        return load_mel_file(path)
+        mel = load_mel_file(path)
+        vocoder.check_mel(mel, f"{path}: mel")
+        return mel
     if path.suffix.lower() in AUDIO_SUFFIXES:
         return vocoder.mel(read_audio(path, vocoder.sample_rate), vocoder.sample_rate)
     raise VocodeError(f"{path}: expected a mel (.npy, .pt) or audio file ({', '.join(AUDIO_SUFFIXES)})")
@@ -123,7 +129,7 @@ def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out_dir: str | 
     for batch in _batches(ready, batch_size):
         try:
             audio = _vocode_batch(vocoder, [mel for _, _, mel in batch], sampler, steps, schedule, seed)
-        except DiffwaveError as error:  # a mel the model cannot use: report each file of the batch
+        except DiffwaveError as error:  # inputs were checked one by one; what is left fails the whole batch
             for path, _, _ in batch:
                 logger.error("%s: %s", path, error)
                 summary.failures.append(f"{path}: {error}")
@@ -145,10 +151,56 @@ def _vocode_batch(vocoder: Vocoder, mels: list[torch.Tensor], sampler: str, step
     if len(mels) == 1:
         return [vocoder.vocode(mels[0], sampler=sampler, steps=steps, schedule=schedule, generator=generator)]
     lengths = [mel.shape[-1] for mel in mels]
-    if len({mel.shape[0] for mel in mels}) > 1:  # let the vocoder name the wrong bin count, one mel at a time
-        return [_vocode_batch(vocoder, [mel], sampler, steps, schedule, seed)[0] for mel in mels]
     padded = torch.zeros(len(mels), mels[0].shape[0], max(lengths))
     for i, mel in enumerate(mels):
         padded[i, :, : mel.shape[-1]] = mel
     return vocoder.vocode(padded, sampler=sampler, steps=steps, schedule=schedule, generator=generator,
                           lengths=lengths)
+
+
+def _read_at_own_rate(path: Path, fallback_rate: int) -> tuple[torch.Tensor, int]:
+    """A file's mono audio at its own sample rate (read_audio's checks; it names the problem of a file
+    whose rate cannot even be read)."""
+    try:
+        rate = sf.info(str(path)).samplerate
+    except (sf.SoundFileError, RuntimeError):
+        rate = fallback_rate
+    return read_audio(path, rate), rate
+
+
+def denoise_files(model: DiffWave, config: Config, inputs: Sequence[str | Path], out_dir: str | Path, *,
+                  t_start: int | None = None, sdedit: bool = False, seed: int = 0, force: bool = False,
+                  target_rms: float = DEFAULT_TARGET_RMS) -> RunSummary:
+    """Denoise every audio input into OUT_DIR/<name>.wav at the input's own rate and length (stereo is
+    downmixed); each file's noise is seeded by `seed` alone, so the order of the inputs does not matter."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise DiffwaveError(f"output folder {out_dir} does not exist; create it first")
+    paths = find_inputs(inputs, AUDIO_SUFFIXES)
+    if not paths:
+        raise DiffwaveError(f"no input files: name audio files ({', '.join(AUDIO_SUFFIXES)}) or folders holding them")
+    summary = RunSummary()
+    resolved_inputs = {p.resolve() for p in paths if p.exists()}
+    start = time.perf_counter()
+    for path in tqdm(paths, desc="denoise", unit="file", disable=None):
+        try:
+            target = output_path(path, out_dir, resolved_inputs, force)
+            audio, rate = _read_at_own_rate(path, config.audio.sample_rate)
+        except DiffwaveError as error:
+            logger.error("%s", error)
+            summary.failures.append(str(error))
+            continue
+        try:
+            result = denoise(audio, rate, model, t_start, config=config, sdedit=sdedit, target_rms=target_rms,
+                             generator=torch.Generator().manual_seed(seed))
+        except DiffwaveError as error:
+            logger.error("%s: %s", path, error)
+            summary.failures.append(f"{path}: {error}")
+            continue
+        logger.info("%s: start step %d of %d, estimated input SNR %.1f dB", path, result.start_step,
+                    config.diffusion.num_steps, result.estimated_snr_db)
+        write_audio(target, result.audio.clamp(-1.0, 1.0), rate)
+        summary.files += 1
+        summary.audio_seconds += result.audio.numel() / rate
+    summary.wall_seconds = time.perf_counter() - start
+    return summary

@@ -12,20 +12,8 @@ from diffwave.audio import write_audio
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, sample
 from diffwave.diffusion.reverse_plans import plan_for
-from diffwave.errors import CheckpointError, DiffwaveError
-from diffwave.inference.loading import load_model
+from diffwave.errors import DiffwaveError
 from diffwave.model import DiffWave
-
-
-def load_unconditional(path: str | os.PathLike[str], device: torch.device | str | None = None,
-                       use_ema: bool = True) -> tuple[DiffWave, Config]:
-    """An unconditional model and its config; a mel-conditioned checkpoint is refused, saying what is needed."""
-    model, config = load_model(path, use_ema)
-    if config.model.conditional:
-        raise CheckpointError(f"{path} is a conditional (mel) model; generation needs an unconditional checkpoint "
-                              "(model.conditional: false, e.g. --config unconditional); use `vocode` for mels")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return model.to(device), config
 
 
 def generate(model: DiffWave, config: Config, count: int, seconds: float, *, sampler: str = "fast",

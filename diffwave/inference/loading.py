@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from diffwave.config import Config, config_from_dict
@@ -46,3 +47,15 @@ def load_model(path: str | os.PathLike[str], use_ema: bool = True) -> tuple[Diff
         raise CheckpointError(f"{path}: its weights do not fit its own config ({misfit})")
     model.load_state_dict(weights)
     return model.eval(), config
+
+
+def load_unconditional(path: str | os.PathLike[str], device: torch.device | str | None = None,
+                       use_ema: bool = True, purpose: str = "generation") -> tuple[DiffWave, Config]:
+    """An unconditional model on `device` (default: CUDA when available) and its config; a mel-conditioned
+    checkpoint is refused, saying that `purpose` needs an unconditional one."""
+    model, config = load_model(path, use_ema)
+    if config.model.conditional:
+        raise CheckpointError(f"{path} is a conditional (mel) model; {purpose} needs an unconditional checkpoint "
+                              "(model.conditional: false, e.g. --config unconditional); use `vocode` for mels")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return model.to(device), config

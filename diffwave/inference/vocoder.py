@@ -24,20 +24,26 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor
 
-from diffwave.audio import LogMel
+from diffwave.audio import LogMel, as_mono
+from diffwave.audio.io import MAX_CHANNELS
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, ReversePlan
 from diffwave.diffusion.reverse_plans import plan_for
 from diffwave.diffusion.sampling import ancestral_mean, ddim_mean
 from diffwave.errors import VocodeError
-from diffwave.inference.chunking import ChunkLayout, PositionalNoise, utterance_seed
+from diffwave.inference.chunking import (
+    CHUNK_SECONDS,
+    OVERLAP_SECONDS,
+    ChunkLayout,
+    PositionalNoise,
+    draw_seed,
+    utterance_seed,
+)
 from diffwave.inference.loading import load_model
 from diffwave.model import DiffWave
 
 logger = logging.getLogger("diffwave.vocoder")
 
-CHUNK_SECONDS = 5.0  # window core; see the defaults note in Vocoder.vocode
-OVERLAP_SECONDS = 0.3  # context on each side of a window, and the cross-fade length
 MEL_MARGIN = 1  # mel frames beyond a window that make its conditioning exact (the upsampler reaches one frame)
 LOG_FLOOR = -11.5130  # ln(1e-5): hifigan mels are clamped here
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -115,8 +121,11 @@ class Vocoder:
 
     def mel(self, audio: Tensor | np.ndarray, sample_rate: int) -> Tensor:
         """The checkpoint's own log-mel of audio [N] or a batch [B, N] (rows are utterances, not channels),
-        resampled to the model's rate first; returned on the CPU."""
+        resampled to the model's rate first; returned on the CPU. soundfile's [N, C] (C <= 8 channels, as
+        `sf.read` returns stereo) is downmixed by the mean, as files are."""
         audio = torch.as_tensor(audio).float()
+        if audio.ndim == 2 and audio.shape[1] <= MAX_CHANNELS and audio.shape[0] > audio.shape[1]:
+            audio = as_mono(audio)  # soundfile's [samples, channels], not a batch of tiny clips
         if audio.ndim not in (1, 2):
             raise VocodeError(f"audio must have shape [samples] or [batch, samples], got {tuple(audio.shape)}")
         if not torch.isfinite(audio).all():
@@ -157,33 +166,30 @@ class Vocoder:
         window's conditioning lives in one buffer that the vocoder keeps for its next window and call.
         """
         plan = self._plan(sampler, steps, schedule)
-        layout = self._layout(chunk_seconds, overlap_seconds)
+        layout = ChunkLayout.from_seconds(chunk_seconds, overlap_seconds, self.sample_rate / self.hop_length)
         with torch.inference_mode():
             mels, batched = self._validated_mels(mel, lengths)
-            base_seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator,
-                                          device=generator.device if generator is not None else "cpu"))
+            base_seed = draw_seed(generator)
             noises = [PositionalNoise(utterance_seed(base_seed, item)) for item in mels]
             audio = self._synthesise(plan, mels, noises, layout)
         audio = [item.clone() for item in audio]  # ordinary tensors, as in `mel`
         return audio if batched else audio[0]
+
+    def check_mel(self, mel: Tensor | np.ndarray, what: str = "mel") -> None:
+        """Refuse, with the reason, a mel [n_mels, frames] that this model cannot use (shape, bins, values):
+        file runs check each input alone, so one bad mel never takes its batch down with it."""
+        mel = torch.as_tensor(mel)
+        if mel.ndim != 2:
+            raise VocodeError(f"{what} must have shape [n_mels, frames], got {tuple(mel.shape)}")
+        self._validated_mels(mel, None, what)
 
     # --- inputs ---------------------------------------------------------------------------------------
     def _plan(self, sampler: str, steps: int | None, schedule: str | Sequence[float] | None) -> ReversePlan:
         return plan_for(self.schedule, sampler, steps=steps, fast_betas=schedule,
                         default_fast=self._config.diffusion.fast_schedule)
 
-    def _layout(self, chunk_seconds: float | None, overlap_seconds: float) -> ChunkLayout:
-        frames_per_second = self.sample_rate / self.hop_length
-        if chunk_seconds is None:
-            return ChunkLayout(None, 0)
-        if not chunk_seconds > 0 or not 0 <= overlap_seconds <= chunk_seconds:
-            raise VocodeError(f"need chunk_seconds > 0 and 0 <= overlap_seconds <= chunk_seconds, got "
-                              f"{chunk_seconds} and {overlap_seconds}")
-        chunk = max(1, round(chunk_seconds * frames_per_second))
-        return ChunkLayout(chunk, min(chunk, round(overlap_seconds * frames_per_second)))
-
-    def _validated_mels(self, mel: Tensor | np.ndarray,
-                        lengths: Sequence[int] | Tensor | None) -> tuple[list[Tensor], bool]:
+    def _validated_mels(self, mel: Tensor | np.ndarray, lengths: Sequence[int] | Tensor | None,
+                        what: str = "mel") -> tuple[list[Tensor], bool]:
         """The utterances of `mel` as float32 [n_mels, F_i] tensors on the device, each checked."""
         mel = torch.as_tensor(mel)
         if mel.ndim not in (2, 3) or not mel.is_floating_point():
@@ -191,7 +197,7 @@ class Vocoder:
                               f"{mel.dtype} {tuple(mel.shape)}")
         batched = mel.ndim == 3
         if mel.shape[-2] != self.n_mels:
-            raise VocodeError(f"mel has {mel.shape[-2]} bins, model expects {self.n_mels} "
+            raise VocodeError(f"{what} has {mel.shape[-2]} bins, model expects {self.n_mels} "
                               f"(preset {self._config.audio.mel_preset})")
         frames = mel.shape[-1]
         if lengths is not None and not batched:
@@ -206,7 +212,7 @@ class Vocoder:
         items = []
         for i, size in enumerate(sizes):
             item = batch[i, :, :size].to(self.device, torch.float32)
-            self._check_values(item, f"mel {i} of the batch" if batched else "mel")
+            self._check_values(item, f"{what} {i} of the batch" if batched else what)
             items.append(item)
         return items, batched
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # LJSpeech recipe: raw corpus -> features -> trained DiffWave -> vocoded test set -> evaluation.
 #
-#   recipes/ljspeech/run.sh --corpus /data/LJSpeech-1.1 --out exp/ljspeech [--config conf/base.yaml]
+#   recipes/ljspeech/run.sh --corpus /data/LJSpeech-1.1 --out exp/ljspeech [--config base|large|FILE.yaml]
 #                           [--stage N] [--stop-stage M] [--jobs J] [key=value ...]
 #
 # Stages: 0 check the corpus, 1 preprocess, 2 train, 3 vocode the test split, 4 evaluate.
 set -euo pipefail
 
-corpus="" out="" config="conf/base.yaml" stage=0 stop_stage=4 jobs=$(nproc 2>/dev/null || echo 1)
+corpus="" out="" config="base" stage=0 stop_stage=4 jobs=$(nproc 2>/dev/null || echo 1)
 overrides=()
 usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
