@@ -33,6 +33,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_features, tmp_p
     assert len(rank0["losses"]) == 4 and rank0["losses"] == rank1["losses"]
     assert sorted(p.name for p in (out / "run" / "checkpoints").glob("step_*.pt")) == [
         "step_00000002.pt", "step_00000004.pt"]
+    # only rank 0 writes TensorBoard: one event file (a second rank's writer would add its own)
+    assert len(list((out / "run" / "logs").rglob("events.out.tfevents.*"))) == 1
 
     single, single_out = launch(1, tiny_features, tmp_path, "single")
     assert single.returncode == 0, single.stderr[-3000:]

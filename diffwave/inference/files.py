@@ -25,7 +25,7 @@ from diffwave.inference.denoise import DEFAULT_TARGET_RMS, denoise
 from diffwave.inference.vocoder import Vocoder
 from diffwave.model import DiffWave
 
-logger = logging.getLogger("diffwave.vocode")
+logger = logging.getLogger("diffwave.files")
 
 MEL_SUFFIXES = (".npy", ".pt")
 
