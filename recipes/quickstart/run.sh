@@ -2,9 +2,9 @@
 # The quickstart: corpus -> features -> a small trained DiffWave -> vocoded held-out clips -> report.
 #
 #   recipes/quickstart/run.sh                  # `make demo` runs this after setting up .venv
-#   OUT=exp/quickstart STEPS=3000 CORPUS=/path/to/LJSpeech-layout CONFIG=tiny recipes/quickstart/run.sh
+#   OUT=exp/quickstart STEPS=15000 CORPUS=/path/to/LJSpeech-layout CONFIG=tiny recipes/quickstart/run.sh
 #
-# OUT (default exp/quickstart) is rebuilt from scratch. STEPS (default 3000, a few minutes on 2 cores) sets
+# OUT (default exp/quickstart) is rebuilt from scratch. STEPS (default 15000, about 4 minutes on 2 cores) sets
 # the training length; CORPUS uses a real LJSpeech-layout corpus instead of the built-in synthetic one.
 # CONFIG defaults to `tiny` (8 kHz, 20 mels) on a CPU and to `base` (22.05 kHz, 80 mels) when PyTorch sees
 # a GPU; any preset or YAML file may be given.
@@ -12,7 +12,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-exp/quickstart}
-steps=${STEPS:-3000}
+steps=${STEPS:-15000}
 if [ -x "$root/.venv/bin/python" ]; then python="$root/.venv/bin/python"; else python=python3; fi
 diffwave="$python -m diffwave"
 if [ -z "${CONFIG:-}" ]; then
