@@ -21,9 +21,9 @@ import time
 import numpy as np
 import torch
 
+from diffwave import denoise, load_unconditional
 from diffwave.audio import read_audio
 from diffwave.data.corpus import AUDIO_SUFFIXES
-from diffwave.inference import denoise, load_unconditional
 from diffwave.inference.files import find_inputs
 from diffwave.metrics import pesq_score, si_sdr, stoi_score
 

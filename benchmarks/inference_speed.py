@@ -33,6 +33,7 @@ import argparse
 import multiprocessing
 import resource
 import time
+from queue import Empty
 
 import torch
 
@@ -134,7 +135,12 @@ def memory_rows(lengths: list[float], device: torch.device, dtype: torch.dtype) 
         queue = context.Queue()
         child = context.Process(target=peak_memory, args=("base", seconds, device, dtype, queue))
         child.start()
-        host, on_device = queue.get()
+        try:
+            host, on_device = queue.get(timeout=3600)
+        except Empty:
+            child.kill()
+            raise SystemExit(f"the memory child for {seconds:g} s ended without a result (exit code {child.exitcode}; "
+                             "out of memory?)") from None
         child.join()
         peaks.append(host)
         extra = f", CUDA max allocated {on_device:.0f} MiB" if device.type == "cuda" else ""

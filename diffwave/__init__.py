@@ -18,12 +18,15 @@ from diffwave.diffusion import (  # noqa: E402
     variational_bound,
 )
 from diffwave.errors import DiffwaveError  # noqa: E402
-from diffwave.inference import Vocoder, denoise, generate, load_unconditional  # noqa: E402
+from diffwave.inference import Vocoder, load_unconditional  # noqa: E402
+from diffwave.inference.denoise import Denoised, denoise  # noqa: E402
+from diffwave.inference.generate import generate  # noqa: E402
 from diffwave.model import DiffWave  # noqa: E402
 
 __all__ = [
     "Config",
     "DiffWave",
+    "Denoised",
     "DiffwaveError",
     "NoiseSchedule",
     "ReversePlan",

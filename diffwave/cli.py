@@ -14,6 +14,7 @@ from pathlib import Path
 from diffwave import __version__
 from diffwave.config import PRESETS, config_to_yaml, load_config
 from diffwave.errors import DiffwaveError
+from diffwave.inference.denoise import DEFAULT_TARGET_RMS
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -230,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--t-start", type=int, help="0-based start step (default: chosen from the noise level)")
     den.add_argument("--sdedit", action="store_true", help="add fresh noise at the start step (SDEdit) instead "
                                                            "of taking the scaled input as the state")
-    den.add_argument("--target-rms", type=float, default=0.1,
-                     help="level the input is normalised to, as the model was trained (default: 0.1)")
+    den.add_argument("--target-rms", type=float, default=DEFAULT_TARGET_RMS,
+                     help=f"level the input is normalised to, as the model was trained (default: {DEFAULT_TARGET_RMS})")
     den.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     den.add_argument("--seed", type=int, default=0)
     den.add_argument("--force", action="store_true", help="replace existing output files")

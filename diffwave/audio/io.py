@@ -132,11 +132,16 @@ def _downmix(samples: np.ndarray, path: Path) -> np.ndarray:
 MAX_CHANNELS = 8  # a 2-D array [N, C] with C up to this (and N > C) is read as soundfile's [samples, channels]
 
 
+def is_channels_last(audio: Tensor) -> bool:
+    """Whether a 2-D array is soundfile's [samples, channels] (few columns, more rows than columns)."""
+    return audio.ndim == 2 and audio.shape[1] <= MAX_CHANNELS and audio.shape[0] > audio.shape[1]
+
+
 def as_mono(audio: Tensor | np.ndarray, what: str = "audio") -> Tensor:
     """float32 mono [samples] from [samples] or soundfile's [samples, channels], averaging channels as
     read_audio does, so arrays from `sf.read` follow the same policy as files."""
     audio = torch.as_tensor(audio)
-    if audio.ndim == 2 and audio.shape[1] <= MAX_CHANNELS and audio.shape[0] > audio.shape[1]:
+    if is_channels_last(audio):
         if audio.shape[1] > 1:
             logger.info("%s: downmixed %d channels to mono by their mean", what, audio.shape[1])
         audio = audio.float().mean(dim=1)

@@ -1,8 +1,8 @@
-"""Inference: the vocoder (checkpoint + mel -> waveform), unconditional generation and zero-shot denoising."""
+"""Inference: the vocoder (checkpoint + mel -> waveform), unconditional generation (`generate`) and zero-shot
+denoising (`denoise`); their functions are exported from the top-level package, which keeps the submodule
+names free here."""
 
-from diffwave.inference.denoise import Denoised, denoise
-from diffwave.inference.generate import generate
 from diffwave.inference.loading import load_unconditional
 from diffwave.inference.vocoder import Vocoder
 
-__all__ = ["Denoised", "Vocoder", "denoise", "generate", "load_unconditional"]
+__all__ = ["Vocoder", "load_unconditional"]

@@ -3,8 +3,10 @@
 A noisy waveform y = x0 + n with white noise of std sigma is, once scaled by sqrt(abar_t), exactly of the form
 of a diffusion state x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps when sqrt(abar_t) sigma = sqrt(1 - abar_t),
 i.e. sigma^2 = (1 - abar_t) / abar_t. So the reverse chain of an unconditional model is started at that step
-t* from x_{t*} = sqrt(abar_{t*}) y and run down to 0; for a perfect model its output is a draw from the
-posterior p(x0 | y). SDEdit (Meng et al. 2022) instead adds fresh noise: x_{t*} = sqrt(abar) y + sqrt(1-abar) z.
+t* from x_{t*} = sqrt(abar_{t*}) y and run down to 0; for a perfect model its output is close to a draw from the
+posterior p(x0 | y) (exact in the mean for Gaussian data; the chain's Gaussian reverse kernels leave a
+small variance gap, quantified in the tests). SDEdit (Meng et al. 2022) instead adds fresh noise:
+x_{t*} = sqrt(abar) y + sqrt(1 - abar) z.
 
 The model only knows the level it was trained on: the input is normalised to `target_rms` (0.1, about
 -20 dBFS, the level speech corpora such as LJSpeech/SC09 are assumed to sit at) and the level is restored on
@@ -32,7 +34,7 @@ from diffwave.diffusion import NoiseSchedule, sample
 from diffwave.diffusion.reverse_plans import full_chain, starting_at
 from diffwave.diffusion.sampling import EpsFn, NoiseFn
 from diffwave.errors import DiffwaveError
-from diffwave.inference.chunking import CHUNK_SECONDS, OVERLAP_SECONDS, ChunkLayout, PositionalNoise, draw_seed
+from diffwave.inference.chunking import OVERLAP_SECONDS, ChunkLayout, PositionalNoise, draw_seed
 from diffwave.inference.loading import load_unconditional
 from diffwave.model import DiffWave
 
@@ -40,6 +42,12 @@ logger = logging.getLogger("diffwave.denoise")
 
 DEFAULT_TARGET_RMS = 0.1  # about -20 dBFS: the level the unconditional model is assumed trained on
 NOISE_PERCENTILE = 0.10
+DIGITAL_SILENCE = 1e-10  # frames below this fraction of the mean power are gated or padded zeros, not noise
+# Windows: no conditioning is cached, so they can be long; the context scales with the network's reach
+# (the unconditional preset sees +-12,285 samples), giving every cross-faded sample at least 1.1 reaches of
+# real audio in both windows, as the vocoder's 0.3 s does for BASE.
+DENOISE_CHUNK_SECONDS = 30.0
+CONTEXT_REACHES = 2.2
 
 
 class Denoised(NamedTuple):
@@ -59,7 +67,9 @@ def estimate_noise_std(audio: Tensor, frame: int = 512) -> float:
     Bias: on pure white noise a frame's mean power is sigma^2 chi^2_frame / frame, whose 10th percentile is
     about 1 - 1.28 sqrt(2 / frame) of sigma^2, so the estimate is low by about 4 % for frame = 512 (more for
     short frames). Where fewer than 10 % of the frames are free of signal, the signal's power leaks in and the
-    estimate is high (at worst it approaches the quiet parts' signal level plus the noise).
+    estimate is high (at worst it approaches the quiet parts' signal level plus the noise). Frames of digital
+    silence (padding, gating: below DIGITAL_SILENCE of the mean power) carry no noise and are left out, or
+    they would make the estimate 0 and switch denoising off.
     """
     audio = torch.as_tensor(audio).detach().reshape(-1).to(torch.float64)
     if audio.numel() == 0:
@@ -69,20 +79,21 @@ def estimate_noise_std(audio: Tensor, frame: int = 512) -> float:
     count = max(1, audio.numel() // frame)
     frames = audio[: count * frame].reshape(count, -1) if audio.numel() >= frame else audio.reshape(1, -1)
     power = frames.pow(2).mean(dim=1)
-    return math.sqrt(torch.quantile(power, NOISE_PERCENTILE).item())
+    power = power[power > DIGITAL_SILENCE * power.mean()]
+    return math.sqrt(torch.quantile(power, NOISE_PERCENTILE).item()) if power.numel() else 0.0
 
 
 def choose_start_step(schedule: NoiseSchedule, noise_std: float) -> int:
     """The 0-based step t* whose noise-to-signal ratio (1 - abar_t) / abar_t is closest in log to
-    noise_std^2 (where sqrt(abar) y has exactly the form of x_t), clamped to [0, T-1]."""
+    noise_std^2 (where sqrt(abar) y has exactly the form of x_t); noise beyond the schedule's range gives 0
+    or T-1."""
     if not math.isfinite(noise_std) or noise_std < 0:
         raise DiffwaveError(f"noise std must be finite and >= 0, got {noise_std}")
     if noise_std == 0:
         return 0
     abar = schedule.alpha_bars.to(torch.float64)
     log_ratio = torch.log1p(-abar) - torch.log(abar)
-    t = int(torch.argmin((log_ratio - 2 * math.log(noise_std)).abs()))
-    return min(max(t, 0), schedule.num_steps - 1)
+    return int(torch.argmin((log_ratio - 2 * math.log(noise_std)).abs()))
 
 
 def denoise_normalised(y: Tensor, schedule: NoiseSchedule, eps_fn: EpsFn, t_start: int, *,
@@ -127,16 +138,17 @@ def _model_and_config(model: DiffWave | str | os.PathLike[str], config: Config |
     return model, config
 
 
-@torch.inference_mode()
 def denoise(audio: Tensor | np.ndarray, sample_rate: int, model: DiffWave | str | os.PathLike[str],
             t_start: int | None = None, *, config: Config | None = None, sdedit: bool = False,
             generator: torch.Generator | None = None, target_rms: float = DEFAULT_TARGET_RMS,
-            chunk_seconds: float | None = CHUNK_SECONDS, overlap_seconds: float = OVERLAP_SECONDS) -> Denoised:
+            chunk_seconds: float | None = DENOISE_CHUNK_SECONDS, overlap_seconds: float | None = None) -> Denoised:
     """Denoise audio [samples] (or soundfile's [samples, channels], downmixed by the mean) at `sample_rate`.
 
     `model` is an unconditional DiffWave with its `config`, or the path of an unconditional checkpoint. The
     signal is resampled to the model's rate (and back), normalised to `target_rms` (and restored), and t* is
     chosen from the estimated noise level unless given. The same generator state gives the same output.
+    Long inputs run in windows of `chunk_seconds` (None: one window) with `overlap_seconds` of context on
+    each side (None: enough for the network's reach, at least the vocoder's 0.3 s).
     """
     model, config = _model_and_config(model, config)
     audio = as_mono(audio, "denoise input")
@@ -149,9 +161,11 @@ def denoise(audio: Tensor | np.ndarray, sample_rate: int, model: DiffWave | str 
     schedule = NoiseSchedule.from_config(config.diffusion)
     if t_start is not None and not 0 <= t_start < schedule.num_steps:
         raise DiffwaveError(f"t_start must lie in 0..{schedule.num_steps - 1} for this model, got {t_start}")
-    layout = ChunkLayout.from_seconds(chunk_seconds, overlap_seconds,
-                                      config.audio.sample_rate / config.audio.hop_length)
     length, model_rate = audio.numel(), config.audio.sample_rate
+    if overlap_seconds is None:
+        overlap_seconds = max(OVERLAP_SECONDS, CONTEXT_REACHES * model.reach / model_rate)
+        overlap_seconds = overlap_seconds if chunk_seconds is None else min(overlap_seconds, chunk_seconds)
+    layout = ChunkLayout.from_seconds(chunk_seconds, overlap_seconds, model_rate / config.audio.hop_length)
     y = audio.detach().to("cpu", torch.float32)
     if sample_rate != model_rate:
         y = AF.resample(y, sample_rate, model_rate)
@@ -164,12 +178,14 @@ def denoise(audio: Tensor | np.ndarray, sample_rate: int, model: DiffWave | str 
     t_start = choose_start_step(schedule, noise_std) if t_start is None else int(t_start)
     logger.debug("denoise: estimated input SNR %.1f dB, starting the chain at step %d of %d%s", snr_db, t_start,
                 schedule.num_steps, " (SDEdit)" if sdedit else "")
-    out = _windowed_chain(y, model, schedule, config.audio.hop_length, layout, t_start, sdedit,
-                          PositionalNoise(draw_seed(generator))) * (rms / target_rms)
+    with torch.inference_mode():
+        out = _windowed_chain(y, model, schedule, config.audio.hop_length, layout, t_start, sdedit,
+                              PositionalNoise(draw_seed(generator)))
+    out = out.clone() * (rms / target_rms)  # an ordinary tensor again: callers may edit it in place
     if sample_rate != model_rate:
         out = AF.resample(out, model_rate, sample_rate)
     out = out[:length] if out.numel() >= length else F.pad(out, (0, length - out.numel()))
-    return Denoised(out.clone(), t_start, snr_db)
+    return Denoised(out, t_start, snr_db)
 
 
 def _windowed_chain(y: Tensor, model: DiffWave, schedule: NoiseSchedule, hop: int, layout: ChunkLayout,

@@ -25,7 +25,7 @@ import torchaudio.functional as AF
 from torch import Tensor
 
 from diffwave.audio import LogMel, as_mono
-from diffwave.audio.io import MAX_CHANNELS
+from diffwave.audio.io import is_channels_last
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, ReversePlan
 from diffwave.diffusion.reverse_plans import plan_for
@@ -124,7 +124,7 @@ class Vocoder:
         resampled to the model's rate first; returned on the CPU. soundfile's [N, C] (C <= 8 channels, as
         `sf.read` returns stereo) is downmixed by the mean, as files are."""
         audio = torch.as_tensor(audio).float()
-        if audio.ndim == 2 and audio.shape[1] <= MAX_CHANNELS and audio.shape[0] > audio.shape[1]:
+        if is_channels_last(audio):
             audio = as_mono(audio)  # soundfile's [samples, channels], not a batch of tiny clips
         if audio.ndim not in (1, 2):
             raise VocodeError(f"audio must have shape [samples] or [batch, samples], got {tuple(audio.shape)}")
@@ -173,6 +173,8 @@ class Vocoder:
             noises = [PositionalNoise(utterance_seed(base_seed, item)) for item in mels]
             audio = self._synthesise(plan, mels, noises, layout)
         audio = [item.clone() for item in audio]  # ordinary tensors, as in `mel`
+        if self.device.type != "cpu":
+            self._buffer = torch.empty(0)  # keeping it pays on a CPU (page faults); on a GPU it would pin memory
         return audio if batched else audio[0]
 
     def check_mel(self, mel: Tensor | np.ndarray, what: str = "mel") -> None:
@@ -193,7 +195,7 @@ class Vocoder:
         """The utterances of `mel` as float32 [n_mels, F_i] tensors on the device, each checked."""
         mel = torch.as_tensor(mel)
         if mel.ndim not in (2, 3) or not mel.is_floating_point():
-            raise VocodeError(f"mel must be a float array [n_mels, frames] or [batch, n_mels, frames], got "
+            raise VocodeError(f"{what} must be a float array [n_mels, frames] or [batch, n_mels, frames], got "
                               f"{mel.dtype} {tuple(mel.shape)}")
         batched = mel.ndim == 3
         if mel.shape[-2] != self.n_mels:
@@ -204,7 +206,7 @@ class Vocoder:
             raise VocodeError("lengths is for a batch [batch, n_mels, frames]; a single mel uses all its frames")
         batch = mel if batched else mel.unsqueeze(0)
         if batch.shape[0] == 0 or frames == 0:
-            raise VocodeError(f"mel is empty (shape {tuple(mel.shape)})")
+            raise VocodeError(f"{what} is empty (shape {tuple(mel.shape)})")
         sizes = [frames] * batch.shape[0] if lengths is None else [int(n) for n in lengths]
         if len(sizes) != batch.shape[0] or not all(1 <= n <= frames for n in sizes):
             raise VocodeError(f"lengths must give 1..{frames} frames for each of the {batch.shape[0]} mels, "
@@ -290,7 +292,8 @@ class Vocoder:
 
     def _conditioning(self, mels: list[Tensor], spans: list[tuple[int, int]], width: int) -> Tensor:
         """[n, L, 2C, width]: each window's conditioning from its own mel (plus MEL_MARGIN frames, so it
-        equals the corresponding slice of the whole utterance's), zero beyond each utterance's window."""
+        equals the corresponding slice of the whole utterance's). Beyond a shorter utterance's window it holds
+        at most MEL_MARGIN frames of its own conditioning, then zeros; the mask hides all of it."""
         hop, start = self.hop_length, spans[0][0]
         low = max(0, start - MEL_MARGIN)  # the same for every row: the windows share their start
         margin = (start - low) * hop

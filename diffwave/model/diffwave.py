@@ -250,16 +250,22 @@ class DiffWave(nn.Module):
     def conditional(self) -> bool:
         return self.n_mels is not None
 
+    @property
+    def reach(self) -> int:
+        """Samples on each side that one output sample of a forward pass depends on: the sum of the
+        dilations (kernel 3). Windowed synthesis needs context of about this order at window edges."""
+        return sum(layer.dilation for layer in self.residual_layers)
+
     def condition(self, mel: Tensor, out: Tensor | None = None) -> Tensor | None:
         """All layers' conditioning for mel [B, n_mels, F], as [B, L, 2C, F * hop]; None if unconditional.
 
-        It does not depend on the step, so samplers compute it once per utterance and reuse it at every step;
-        the L per-layer 1x1 projections run as stacked matrix products. For CPU inference the values are
-        stored time-major ([B, L, F * hop, 2C] in memory, the shape above being a transposed view), so that
-        the tiled forward reads each tile's conditioning as one block. `out`, a tensor of the result's shape,
-        receives the result instead of a new allocation: a caller conditioning window after window can reuse
-        one buffer rather than have the operating system fault in fresh gigabytes (about 1 s per 5 s of
-        audio for BASE on a CPU).
+        It does not depend on the step, so samplers compute it once per utterance and reuse it at every step.
+        With grad or off the CPU the L per-layer 1x1 projections run as one stacked convolution. For CPU
+        inference they run as matrix products written time-major ([B, L, F * hop, 2C] in memory, the shape
+        above being a transposed view), so that the tiled forward reads each tile's conditioning as one block.
+        `out`, a tensor of the result's shape, receives the result (directly on the CPU inference path, by a
+        copy otherwise): a caller conditioning window after window can reuse one buffer rather than have the
+        operating system fault in fresh gigabytes (about 1 s per 5 s of audio for BASE on a CPU).
         """
         if self.n_mels is None:
             return None

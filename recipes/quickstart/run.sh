@@ -4,8 +4,9 @@
 #   recipes/quickstart/run.sh                  # `make demo` runs this after setting up .venv
 #   OUT=exp/quickstart STEPS=15000 CORPUS=/path/to/LJSpeech-layout CONFIG=tiny recipes/quickstart/run.sh
 #
-# OUT (default exp/quickstart) is rebuilt from scratch. STEPS (default 15000, about 4 minutes on 2 cores) sets
-# the training length; CORPUS uses a real LJSpeech-layout corpus instead of the built-in synthetic one.
+# OUT (default exp/quickstart) is rebuilt from scratch. STEPS sets the training length (default 15000: about
+# 4 minutes for `tiny` on 2 cores, longer for `base` on a GPU); CORPUS uses a real LJSpeech-layout corpus
+# instead of the built-in synthetic one.
 # CONFIG defaults to `tiny` (8 kHz, 20 mels) on a CPU and to `base` (22.05 kHz, 80 mels) when PyTorch sees
 # a GPU; any preset or YAML file may be given.
 set -euo pipefail
