@@ -48,6 +48,8 @@ def test_a_failing_rank_ends_every_process(tiny_features, tmp_path):
     result, out = launch(2, tiny_features, tmp_path, "failing", fail_at=3)
     assert result.returncode != 0
     assert "injected failure on rank 1 at step 3" in result.stderr
+    leftover = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
+    assert leftover.returncode == 1, f"orphan processes: {leftover.stdout}"  # pgrep: 1 = nothing matched
     assert not list(out.glob("rank*.pt"))
     checkpoints = sorted(p.name for p in (out / "run" / "checkpoints").glob("*"))
     assert checkpoints in ([], ["latest", "step_00000002.pt"])  # never a partial file
