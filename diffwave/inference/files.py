@@ -61,6 +61,19 @@ def find_inputs(inputs: Sequence[str | Path], suffixes: Sequence[str] = MEL_SUFF
     return found
 
 
+def _run_inputs(inputs: Sequence[str | Path], out_dir: str | Path, suffixes: Sequence[str],
+                described: str) -> tuple[Path, list[Path], set[Path]]:
+    """(output folder, input files, their resolved paths) of a run; refused before any work when the folder
+    is missing or no input file is named."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise DiffwaveError(f"output folder {out_dir} does not exist; create it first")
+    paths = find_inputs(inputs, suffixes)
+    if not paths:
+        raise DiffwaveError(f"no input files: name {described}, or folders holding them")
+    return out_dir, paths, {p.resolve() for p in paths if p.exists()}
+
+
 def output_path(path: Path, out_dir: Path, inputs: set[Path], force: bool) -> Path:
     """OUT_DIR/<stem>.wav for input `path`, refused when it is one of the (resolved) inputs, or when it exists
     and `force` is off."""
@@ -109,14 +122,9 @@ def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out_dir: str | 
                  steps: int | None = None, schedule: str | list[float] | None = None, batch_size: int = 1,
                  seed: int = 0, force: bool = False) -> RunSummary:
     """Vocode every input into OUT_DIR/<name>.wav; bad inputs are listed in the summary's failures."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise VocodeError(f"output folder {out_dir} does not exist; create it first")
-    paths = find_inputs(inputs)
-    if not paths:
-        raise VocodeError("no input files: name mel (.npy, .pt) or audio files, or folders holding them")
+    out_dir, paths, resolved_inputs = _run_inputs(inputs, out_dir, MEL_SUFFIXES + AUDIO_SUFFIXES,
+                                                  "mel (.npy, .pt) or audio files")
     summary = RunSummary()
-    resolved_inputs = {p.resolve() for p in paths if p.exists()}
     ready: list[tuple[Path, Path, torch.Tensor]] = []
     for path in paths:
         try:
@@ -173,14 +181,9 @@ def denoise_files(model: DiffWave, config: Config, inputs: Sequence[str | Path],
                   target_rms: float = DEFAULT_TARGET_RMS) -> RunSummary:
     """Denoise every audio input into OUT_DIR/<name>.wav at the input's own rate and length (stereo is
     downmixed); each file's noise is seeded by `seed` alone, so the order of the inputs does not matter."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise DiffwaveError(f"output folder {out_dir} does not exist; create it first")
-    paths = find_inputs(inputs, AUDIO_SUFFIXES)
-    if not paths:
-        raise DiffwaveError(f"no input files: name audio files ({', '.join(AUDIO_SUFFIXES)}) or folders holding them")
+    out_dir, paths, resolved_inputs = _run_inputs(inputs, out_dir, AUDIO_SUFFIXES,
+                                                  f"audio files ({', '.join(AUDIO_SUFFIXES)})")
     summary = RunSummary()
-    resolved_inputs = {p.resolve() for p in paths if p.exists()}
     start = time.perf_counter()
     for path in tqdm(paths, desc="denoise", unit="file", disable=None):
         try:
