@@ -66,6 +66,9 @@ def test_same_seed_same_bytes(tiny_checkpoint, inputs, tmp_path):
 def test_one_bad_input_among_many(tiny_checkpoint, inputs, tmp_path):
     np.save(inputs / "wide.npy", np.zeros((100, 30), np.float32))
     np.save(inputs / "lmnt_like.npy", np.full((TINY.n_mels, 30), 0.5, np.float32))
+    with_nan = np.full((TINY.n_mels, 30), -5.0, np.float32)
+    with_nan[3, 7] = np.nan
+    np.save(inputs / "with_nan.npy", with_nan)
     (inputs / "broken.wav").write_bytes(b"")
     out = tmp_path / "out"
     out.mkdir()
@@ -79,7 +82,8 @@ def test_one_bad_input_among_many(tiny_checkpoint, inputs, tmp_path):
     assert "lmnt" in stderr and "hifigan" in stderr
     assert "broken.wav: empty" in stderr
     assert "missing.npy: no such file" in stderr
-    assert "4 failed" in result.stdout
+    assert "with_nan.npy: mel has non-finite values (NaN or Inf), first at frame 7" in stderr
+    assert "5 failed" in result.stdout
 
 
 def test_existing_outputs_and_inputs_are_never_overwritten(tiny_checkpoint, inputs, tmp_path):
@@ -96,7 +100,7 @@ def test_existing_outputs_and_inputs_are_never_overwritten(tiny_checkpoint, inpu
     assert into_inputs.returncode == 2 and "would overwrite an input" in into_inputs.stderr
 
 
-@pytest.mark.parametrize("case", ["missing checkpoint", "missing out", "code checkpoint"])
+@pytest.mark.parametrize("case", ["missing checkpoint", "missing out", "code checkpoint", "schedule out of range"])
 def test_fatal_errors_are_one_line(tiny_checkpoint, inputs, tmp_path, case, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
@@ -105,10 +109,11 @@ def test_fatal_errors_are_one_line(tiny_checkpoint, inputs, tmp_path, case, monk
         checkpoint = tmp_path / "nope.pt"
     elif case == "missing out":
         out = tmp_path / "absent"
-    else:
+    elif case == "code checkpoint":
         checkpoint = tmp_path / "evil.pt"
         torch.save({"format_version": 1, "payload": _RunsCode()}, checkpoint)
-    result = subprocess.run([*VOCODE, str(inputs), "--checkpoint", str(checkpoint), "-o", str(out)],
+    extra = ["--schedule", "0.5,0.9"] if case == "schedule out of range" else []  # gbar far below the training range
+    result = subprocess.run([*VOCODE, str(inputs), "--checkpoint", str(checkpoint), "-o", str(out), *extra],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("vocode: error: ")

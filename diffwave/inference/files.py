@@ -122,6 +122,7 @@ def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out_dir: str | 
                  steps: int | None = None, schedule: str | list[float] | None = None, batch_size: int = 1,
                  seed: int = 0, force: bool = False) -> RunSummary:
     """Vocode every input into OUT_DIR/<name>.wav; bad inputs are listed in the summary's failures."""
+    vocoder.plan(sampler, steps, schedule)  # bad options are one error for the run, not one per file
     out_dir, paths, resolved_inputs = _run_inputs(inputs, out_dir, MEL_SUFFIXES + AUDIO_SUFFIXES,
                                                   "mel (.npy, .pt) or audio files")
     summary = RunSummary()

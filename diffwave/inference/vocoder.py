@@ -165,7 +165,7 @@ class Vocoder:
         cross-faded sample has at least 0.15 s (3307 samples) of context in both windows. On a CPU the
         window's conditioning lives in one buffer that the vocoder keeps for its next window and call.
         """
-        plan = self._plan(sampler, steps, schedule)
+        plan = self.plan(sampler, steps, schedule)
         layout = ChunkLayout.from_seconds(chunk_seconds, overlap_seconds, self.sample_rate / self.hop_length)
         with torch.inference_mode():
             mels, batched = self._validated_mels(mel, lengths)
@@ -185,11 +185,14 @@ class Vocoder:
             raise VocodeError(f"{what} must have shape [n_mels, frames], got {tuple(mel.shape)}")
         self._validated_mels(mel, None, what)
 
-    # --- inputs ---------------------------------------------------------------------------------------
-    def _plan(self, sampler: str, steps: int | None, schedule: str | Sequence[float] | None) -> ReversePlan:
+    def plan(self, sampler: str = "fast", steps: int | None = None,
+             schedule: str | Sequence[float] | None = None) -> ReversePlan:
+        """The reverse plan `vocode` runs for these options; refused here, before any work, when they are
+        invalid (unknown sampler, a fast schedule outside the training range, ...)."""
         return plan_for(self.schedule, sampler, steps=steps, fast_betas=schedule,
                         default_fast=self._config.diffusion.fast_schedule)
 
+    # --- inputs ---------------------------------------------------------------------------------------
     def _validated_mels(self, mel: Tensor | np.ndarray, lengths: Sequence[int] | Tensor | None,
                         what: str = "mel") -> tuple[list[Tensor], bool]:
         """The utterances of `mel` as float32 [n_mels, F_i] tensors on the device, each checked."""
