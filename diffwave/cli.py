@@ -58,14 +58,18 @@ def _export_command(args: argparse.Namespace) -> None:
     print(f"export: {'raw' if args.raw else 'EMA'} weights and config of {args.checkpoint} written to {args.output}")
 
 
-_VOCODE_DESCRIPTION = ("Vocode mel spectrograms (.npy or .pt, [n_mels, frames]) or audio files (copy synthesis), "
-                       "or folders of them, into OUTDIR/<name>.wav with a trained checkpoint.")
+_CHECKPOINT_HELP = ("a training checkpoint (.pt), an exported .safetensors, or a reference (lmnt-com/diffwave) "
+                    "checkpoint or model folder (its weights.pt)")
+_OUT_HELP = "output folder (created when missing) or, for a single output, the .wav file to write"
+_VOCODE_DESCRIPTION = ("Vocode mel spectrograms (.npy or .pt, [n_mels, frames]; the reference's NAME.wav.spec.npy "
+                       "gives NAME.wav) or audio files (copy synthesis), or folders of them, into OUTDIR/<name>.wav "
+                       "with a trained checkpoint.")
 
 
 def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="mel files, audio files or folders")
-    parser.add_argument("--checkpoint", required=True, help="a training checkpoint (.pt) or exported .safetensors")
-    parser.add_argument("-o", "--out", required=True, help="output folder (must exist)")
+    parser.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
+    parser.add_argument("-o", "--out", required=True, help=_OUT_HELP)
     parser.add_argument("--sampler", choices=("fast", "ddim", "ddpm"), default="fast",
                         help="fast: DiffWave's short schedule (default); ddim: --steps deterministic steps; "
                              "ddpm: the full chain")
@@ -193,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="training checkpoint -> .safetensors with the EMA weights and the config",
         description="Write the EMA weights (or --raw weights) of a training checkpoint as safetensors, with the "
                     "full config as JSON metadata, for inference and sharing.")
-    export.add_argument("checkpoint", help="a step_*.pt file from a run's checkpoints/ folder")
+    export.add_argument("checkpoint", help="a step_*.pt file from a run's checkpoints/ folder, or a reference "
+                                            "(lmnt-com/diffwave) checkpoint or model folder")
     export.add_argument("output", help="the .safetensors file to write")
     export.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA weights")
     export.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -207,10 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="unconditional generation: N clips from noise",
                               description="Generate audio clips with an unconditional checkpoint "
                                           "(model.conditional: false) into OUTDIR/sample_NNN.wav.")
-    gen.add_argument("--checkpoint", required=True, help="an unconditional training checkpoint or .safetensors")
+    gen.add_argument("--checkpoint", required=True, help=f"an unconditional model: {_CHECKPOINT_HELP}")
     gen.add_argument("-n", type=int, default=8, help="number of clips (default: 8)")
     gen.add_argument("--seconds", type=float, default=1.0, help="length of each clip (default: 1.0)")
-    gen.add_argument("-o", "--out", required=True, help="output folder (must exist)")
+    gen.add_argument("-o", "--out", required=True, help=_OUT_HELP)
     gen.add_argument("--sampler", choices=("fast", "ddim", "ddpm"), default="fast")
     gen.add_argument("--steps", type=int, help="DDIM steps")
     gen.add_argument("--schedule", help="fast schedule: a preset (base, large) or comma-separated betas")
@@ -226,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "length: the noisy signal enters the reverse chain of an unconditional model at the step "
                     "whose noise level matches the estimated one (or --t-start), and the chain runs to 0.")
     den.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders")
-    den.add_argument("--checkpoint", required=True, help="an unconditional training checkpoint or .safetensors")
-    den.add_argument("-o", "--out", required=True, help="output folder (must exist)")
+    den.add_argument("--checkpoint", required=True, help=f"an unconditional model: {_CHECKPOINT_HELP}")
+    den.add_argument("-o", "--out", required=True, help=_OUT_HELP)
     den.add_argument("--t-start", type=int, help="0-based start step (default: chosen from the noise level)")
     den.add_argument("--sdedit", action="store_true", help="add fresh noise at the start step (SDEdit) instead "
                                                            "of taking the scaled input as the state")

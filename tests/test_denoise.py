@@ -226,9 +226,12 @@ def test_denoise_command_writes_each_file_at_its_rate_and_reports_bad_ones(uncon
     again = run_denoise(str(inputs / "mono8k.wav"), "--checkpoint", str(unconditional_checkpoint), "-o", str(out),
                         "--t-start", "4")
     assert again.returncode == 2 and "already exists; pass --force" in again.stderr
-    nowhere = run_denoise(str(inputs), "--checkpoint", str(unconditional_checkpoint), "-o", str(tmp_path / "absent"))
-    assert nowhere.returncode == 2 and "Traceback" not in nowhere.stderr
-    assert nowhere.stderr.strip().splitlines()[-1].endswith("does not exist; create it first")
+    absent = tmp_path / "absent" / "out"  # created, with its parent
+    made = run_denoise(str(inputs / "mono8k.wav"), "--checkpoint", str(unconditional_checkpoint), "-o", str(absent))
+    assert made.returncode == 0 and [p.name for p in absent.iterdir()] == ["mono8k.wav"]
+    one = run_denoise(str(inputs / "mono8k.wav"), "--checkpoint", str(unconditional_checkpoint), "-o",
+                      str(tmp_path / "one.wav"))
+    assert one.returncode == 0 and sf.info(tmp_path / "one.wav").frames == 2400
 
 
 def test_denoise_command_refuses_a_conditional_checkpoint(tiny_checkpoint, tmp_path):

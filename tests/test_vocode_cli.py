@@ -100,15 +100,16 @@ def test_existing_outputs_and_inputs_are_never_overwritten(tiny_checkpoint, inpu
     assert into_inputs.returncode == 2 and "would overwrite an input" in into_inputs.stderr
 
 
-@pytest.mark.parametrize("case", ["missing checkpoint", "missing out", "code checkpoint", "schedule out of range"])
+@pytest.mark.parametrize("case", ["missing checkpoint", "out is a file", "code checkpoint", "schedule out of range"])
 def test_fatal_errors_are_one_line(tiny_checkpoint, inputs, tmp_path, case, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     checkpoint = tiny_checkpoint
     if case == "missing checkpoint":
         checkpoint = tmp_path / "nope.pt"
-    elif case == "missing out":
-        out = tmp_path / "absent"
+    elif case == "out is a file":
+        out = tmp_path / "a_file"
+        out.write_text("keep")
     elif case == "code checkpoint":
         checkpoint = tmp_path / "evil.pt"
         torch.save({"format_version": 1, "payload": _RunsCode()}, checkpoint)

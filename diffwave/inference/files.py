@@ -28,6 +28,7 @@ from diffwave.model import DiffWave
 logger = logging.getLogger("diffwave.files")
 
 MEL_SUFFIXES = (".npy", ".pt")
+SPEC_SUFFIX = ".spec.npy"  # the reference implementation's preprocess writes NAME.wav.spec.npy
 
 
 @dataclass
@@ -61,27 +62,54 @@ def find_inputs(inputs: Sequence[str | Path], suffixes: Sequence[str] = MEL_SUFF
     return found
 
 
-def _run_inputs(inputs: Sequence[str | Path], out_dir: str | Path, suffixes: Sequence[str],
-                described: str) -> tuple[Path, list[Path], set[Path]]:
-    """(output folder, input files, their resolved paths) of a run; refused before any work when the folder
-    is missing or no input file is named."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise DiffwaveError(f"output folder {out_dir} does not exist; create it first")
+def output_name(path: Path) -> str:
+    """<stem>.wav for an input; the reference implementation's mel NAME.wav.spec.npy gives NAME.wav."""
+    if path.name.lower().endswith(SPEC_SUFFIX):
+        base = Path(path.name[: -len(SPEC_SUFFIX)])
+        return f"{base.stem if base.suffix.lower() in AUDIO_SUFFIXES else base.name}.wav"
+    return f"{path.stem}.wav"
+
+
+def output_targets(out: str | Path, names: Sequence[str]) -> list[Path]:
+    """The files a run writes: OUT/<name> for each name, OUT made (with its parents) when missing; or OUT
+    itself when it names an audio file (`-o out.wav`) and there is a single output. Nothing is deleted."""
+    out = Path(out)
+    if out.suffix.lower() in AUDIO_SUFFIXES and not out.is_dir():
+        if len(names) != 1:
+            raise DiffwaveError(f"-o {out} names a single file, but this run has {len(names)} outputs; "
+                                "name a folder instead")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return [out]
+    if out.exists() and not out.is_dir():
+        raise DiffwaveError(f"output {out} exists and is not a folder; name a folder (created when missing) or, "
+                            f"for a single output, an audio file ({', '.join(AUDIO_SUFFIXES)})")
+    out.mkdir(parents=True, exist_ok=True)
+    return [out / name for name in names]
+
+
+def _run_inputs(inputs: Sequence[str | Path], out: str | Path, suffixes: Sequence[str],
+                described: str) -> tuple[list[tuple[Path, Path]], set[Path]]:
+    """((input, output) pairs, the inputs' resolved paths) of a run; refused before any work (and before
+    the output folder is made) when no input file is named."""
     paths = find_inputs(inputs, suffixes)
     if not paths:
         raise DiffwaveError(f"no input files: name {described}, or folders holding them")
-    return out_dir, paths, {p.resolve() for p in paths if p.exists()}
+    targets = output_targets(out, [output_name(path) for path in paths])
+    return list(zip(paths, targets, strict=True)), {p.resolve() for p in paths if p.exists()}
 
 
-def output_path(path: Path, out_dir: Path, inputs: set[Path], force: bool) -> Path:
-    """OUT_DIR/<stem>.wav for input `path`, refused when it is one of the (resolved) inputs, or when it exists
-    and `force` is off."""
-    target = out_dir / f"{path.stem}.wav"
-    if target.resolve() in inputs:
+def check_output(path: Path, target: Path, inputs: set[Path], claimed: dict[Path, Path], force: bool) -> Path:
+    """`target` for input `path`, refused when it is one of the (resolved) inputs, when an earlier input of
+    the run writes it too, or when it exists and `force` is off; it is then claimed for `path`."""
+    resolved = target.resolve()
+    if resolved in inputs:
         raise DiffwaveError(f"{path}: its output {target} would overwrite an input; choose another -o")
+    if resolved in claimed:
+        raise DiffwaveError(f"{path}: its output {target} is also the output of {claimed[resolved]}; name the "
+                            "inputs one kind at a time (e.g. DIR/*.spec.npy)")
     if target.exists() and not force:
         raise DiffwaveError(f"{target} already exists; pass --force to replace it")
+    claimed[resolved] = path
     return target
 
 
@@ -118,18 +146,20 @@ def _batches(items: list[tuple[Path, Path, torch.Tensor]], size: int) -> Iterato
         yield items[start:start + size]
 
 
-def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out_dir: str | Path, *, sampler: str = "fast",
+def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out: str | Path, *, sampler: str = "fast",
                  steps: int | None = None, schedule: str | list[float] | None = None, batch_size: int = 1,
                  seed: int = 0, force: bool = False) -> RunSummary:
-    """Vocode every input into OUT_DIR/<name>.wav; bad inputs are listed in the summary's failures."""
+    """Vocode every input into OUT/<name>.wav (see `output_targets`: OUT may be one .wav file for one input);
+    bad inputs are listed in the summary's failures."""
     vocoder.plan(sampler, steps, schedule)  # bad options are one error for the run, not one per file
-    out_dir, paths, resolved_inputs = _run_inputs(inputs, out_dir, MEL_SUFFIXES + AUDIO_SUFFIXES,
-                                                  "mel (.npy, .pt) or audio files")
+    pairs, resolved_inputs = _run_inputs(inputs, out, MEL_SUFFIXES + AUDIO_SUFFIXES, "mel (.npy, .pt) or audio files")
     summary = RunSummary()
     ready: list[tuple[Path, Path, torch.Tensor]] = []
-    for path in paths:
+    claimed: dict[Path, Path] = {}
+    for path, target in pairs:
         try:
-            ready.append((path, output_path(path, out_dir, resolved_inputs, force), _input_mel(vocoder, path)))
+            ready.append((path, check_output(path, target, resolved_inputs, claimed, force),
+                          _input_mel(vocoder, path)))
         except DiffwaveError as error:
             logger.error("%s", error)
             summary.failures.append(str(error))
@@ -177,18 +207,19 @@ def _read_at_own_rate(path: Path, fallback_rate: int) -> tuple[torch.Tensor, int
     return read_audio(path, rate), rate
 
 
-def denoise_files(model: DiffWave, config: Config, inputs: Sequence[str | Path], out_dir: str | Path, *,
+def denoise_files(model: DiffWave, config: Config, inputs: Sequence[str | Path], out: str | Path, *,
                   t_start: int | None = None, sdedit: bool = False, seed: int = 0, force: bool = False,
                   target_rms: float = DEFAULT_TARGET_RMS) -> RunSummary:
-    """Denoise every audio input into OUT_DIR/<name>.wav at the input's own rate and length (stereo is
-    downmixed); each file's noise is seeded by `seed` alone, so the order of the inputs does not matter."""
-    out_dir, paths, resolved_inputs = _run_inputs(inputs, out_dir, AUDIO_SUFFIXES,
-                                                  f"audio files ({', '.join(AUDIO_SUFFIXES)})")
+    """Denoise every audio input into OUT/<name>.wav (or the file OUT, for one input) at the input's own rate
+    and length (stereo is downmixed); each file's noise is seeded by `seed` alone, so the order of the inputs
+    does not matter."""
+    pairs, resolved_inputs = _run_inputs(inputs, out, AUDIO_SUFFIXES, f"audio files ({', '.join(AUDIO_SUFFIXES)})")
     summary = RunSummary()
+    claimed: dict[Path, Path] = {}
     start = time.perf_counter()
-    for path in tqdm(paths, desc="denoise", unit="file", disable=None):
+    for path, target in tqdm(pairs, desc="denoise", unit="file", disable=None):
         try:
-            target = output_path(path, out_dir, resolved_inputs, force)
+            check_output(path, target, resolved_inputs, claimed, force)
             audio, rate = _read_at_own_rate(path, config.audio.sample_rate)
         except DiffwaveError as error:
             logger.error("%s", error)

@@ -13,6 +13,7 @@ from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, sample
 from diffwave.diffusion.reverse_plans import plan_for
 from diffwave.errors import DiffwaveError
+from diffwave.inference.files import output_targets
 from diffwave.model import DiffWave
 
 
@@ -38,13 +39,11 @@ def generate(model: DiffWave, config: Config, count: int, seconds: float, *, sam
     return clips
 
 
-def write_clips(clips: list[Tensor], out_dir: str | os.PathLike[str], sample_rate: int, *,
+def write_clips(clips: list[Tensor], out: str | os.PathLike[str], sample_rate: int, *,
                 prefix: str = "sample", force: bool = False) -> list[Path]:
-    """OUT_DIR/prefix_000.wav ..., atomically; existing files are replaced only with `force`."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise DiffwaveError(f"output folder {out_dir} does not exist; create it first")
-    paths = [out_dir / f"{prefix}_{i:03d}.wav" for i in range(len(clips))]
+    """OUT/prefix_000.wav ... (OUT made when missing), or the file OUT for a single clip (`-o one.wav`),
+    atomically; existing files are replaced only with `force`."""
+    paths = output_targets(out, [f"{prefix}_{i:03d}.wav" for i in range(len(clips))])
     existing = [p for p in paths if p.exists()]
     if existing and not force:
         raise DiffwaveError(f"{existing[0]} already exists; pass --force to replace it")

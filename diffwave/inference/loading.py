@@ -1,4 +1,4 @@
-"""Checkpoint or exported .safetensors -> (DiffWave with its weights, the Config stored in the file)."""
+"""Checkpoint (ours or the reference's) or exported .safetensors -> (DiffWave with its weights, its Config)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import Tensor
 from diffwave.config import Config, config_from_dict
 from diffwave.errors import CheckpointError
 from diffwave.model import DiffWave
-from diffwave.training.checkpoint import load_checkpoint, load_model_weights
+from diffwave.training.checkpoint import load_model_weights
 
 
 def weights_misfit(model: DiffWave, weights: dict[str, Tensor]) -> str | None:
@@ -29,17 +29,11 @@ def weights_misfit(model: DiffWave, weights: dict[str, Tensor]) -> str | None:
 
 
 def load_model(path: str | os.PathLike[str], use_ema: bool = True) -> tuple[DiffWave, Config]:
-    """The model (EMA weights, or the raw ones with use_ema=False) and config of a training checkpoint or an
-    exported .safetensors; every setting comes from the file, so no config file is needed."""
+    """The model (EMA weights, or the raw ones with use_ema=False) and config of a training checkpoint, an
+    exported .safetensors, or a reference (lmnt-com/diffwave) checkpoint or model folder; every setting comes
+    from the file, so no config file is needed."""
     path = Path(path)
-    if use_ema or path.suffix == ".safetensors":  # an exported file holds a single set of weights
-        weights, values = load_model_weights(path)
-    else:
-        checkpoint = load_checkpoint(path)
-        weights, values = checkpoint.get("model"), checkpoint.get("config")
-        if not (isinstance(weights, dict) and all(isinstance(w, Tensor) for w in weights.values())
-                and isinstance(values, dict)):
-            raise CheckpointError(f"{path}: has no raw 'model' weights (names to tensors) and config")
+    weights, values = load_model_weights(path, use_ema)
     config = config_from_dict(values, source=str(path))
     model = DiffWave.from_config(config)
     misfit = weights_misfit(model, weights)

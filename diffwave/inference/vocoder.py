@@ -202,8 +202,10 @@ class Vocoder:
                               f"{mel.dtype} {tuple(mel.shape)}")
         batched = mel.ndim == 3
         if mel.shape[-2] != self.n_mels:
+            transposed = (f"; its shape {tuple(mel.shape)} looks transposed: pass [n_mels, frames] (e.g. mel.T)"
+                          if mel.shape[-1] == self.n_mels else "")
             raise VocodeError(f"{what} has {mel.shape[-2]} bins, model expects {self.n_mels} "
-                              f"(preset {self._config.audio.mel_preset})")
+                              f"(preset {self._config.audio.mel_preset}){transposed}")
         frames = mel.shape[-1]
         if lengths is not None and not batched:
             raise VocodeError("lengths is for a batch [batch, n_mels, frames]; a single mel uses all its frames")

@@ -16,6 +16,9 @@ last, so a save killed at any moment leaves the previous complete checkpoint as 
 names a missing or corrupt file, `latest_checkpoint` refuses rather than falling back silently: it names the
 bad file and the newest older valid checkpoint, so the user decides to resume from that one (and loses the
 steps since) instead of the run doing so unnoticed.
+
+For inference (`load_model_weights`, `export_safetensors`) a checkpoint of the reference implementation
+(lmnt-com/diffwave) loads too, read just as safely and converted by `reference`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from torch import Tensor
 from diffwave.config import Config, config_to_dict
 from diffwave.errors import CheckpointError
 from diffwave.fileio import atomic_write
+from diffwave.training import reference
 
 logger = logging.getLogger("diffwave.checkpoint")
 
@@ -126,7 +130,8 @@ def _read_head(path: Path, size: int) -> bytes:
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint file not found")
     if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file (nor a reference model folder holding "
+                              f"{reference.MODEL_FILE})")
     try:
         with path.open("rb") as file:
             return file.read(size)
@@ -171,8 +176,9 @@ def _unsafe_globals(path: Path) -> list[str]:
     return []
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a diffwave checkpoint with `weights_only=True` only; every failure is a one-line CheckpointError."""
+def read_torch_file(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
+    """Whatever a torch zip file holds, read with `weights_only=True` only (a file of ours or the reference
+    implementation's); every failure is a one-line CheckpointError naming the file."""
     path = Path(path)
     head = _read_head(path, len(_ZIP_MAGIC))
     if not head:
@@ -192,6 +198,20 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
                               "sources you trust)") from None
     except Exception as error:  # a damaged file makes torch raise anything: EOFError, RuntimeError, KeyError
         raise CheckpointError(f"{path}: checkpoint is truncated or corrupt ({_reason(error)})") from None
+    return checkpoint
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a diffwave checkpoint with `weights_only=True` only; every failure is a one-line CheckpointError."""
+    path = Path(path)
+    return _our_format(read_torch_file(path, map_location), path)
+
+
+def _our_format(checkpoint: Any, path: Path) -> dict[str, Any]:
+    """`checkpoint` when it is a diffwave checkpoint of the version this code reads; refused otherwise."""
+    if reference.is_reference_checkpoint(checkpoint):
+        raise CheckpointError(f"{path}: a reference (lmnt-com/diffwave) checkpoint: vocode, generate, denoise and "
+                              "export read it, but diffwave training cannot resume from it")
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
         raise CheckpointError(f"{path}: not a diffwave checkpoint (it has no format_version)")
     version = checkpoint["format_version"]
@@ -378,18 +398,17 @@ def _config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def export_safetensors(checkpoint_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
                        use_ema: bool = True) -> Path:
-    """Write a checkpoint's EMA (or raw) weights as safetensors, with its config and step as metadata.
+    """Write a checkpoint's EMA (or raw) weights as safetensors, with its config and step as metadata; a
+    reference (lmnt-com/diffwave) checkpoint or model folder gives its only weights and converted config.
 
     The result holds no pickle at all, so it is the format to share; `load_model_weights` reads it.
     """
     path, out = Path(checkpoint_path), Path(out_path)
-    checkpoint = load_checkpoint(path)
-    weights = _weights(checkpoint, "ema" if use_ema else "model", path)
-    config = _config(checkpoint, path)
+    weights, config, step = _torch_model_state(reference.model_file(path), use_ema)
     if not out.parent.is_dir():
         raise CheckpointError(f"{out}: the output folder {out.parent} does not exist")
     metadata = {"format": "diffwave", "format_version": str(FORMAT_VERSION), "config": json.dumps(config),
-                "step": str(checkpoint.get("step"))}
+                "step": str(step)}
     # safetensors refuses tensors that share storage or are not contiguous: give it private copies.
     tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in weights.items()}
     with atomic_write(out) as temp:
@@ -442,18 +461,29 @@ def _safetensors_config(metadata: dict[str, str], path: Path) -> dict[str, Any]:
     return config
 
 
-def load_model_weights(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """(weights, config dict) for inference from a training checkpoint (its EMA weights) or a .safetensors.
+def load_model_weights(path: str | os.PathLike[str],
+                       use_ema: bool = True) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(weights, config dict) for inference from a training checkpoint (its EMA weights, or the raw ones with
+    use_ema=False), a reference (lmnt-com/diffwave) checkpoint or model folder, or a .safetensors.
 
     A `.safetensors` name always goes to `load_safetensors`, which names a torch checkpoint under that name
     as "not a safetensors file" (torch itself would misread it as safetensors: "header too large"); other
-    names holding a JSON header after the 8-byte prefix are safetensors too; the rest goes to
-    `load_checkpoint`, which refuses what it cannot load with the reason.
+    names holding a JSON header after the 8-byte prefix are safetensors too; the rest is read as a torch
+    file, which is refused with the reason when it cannot be loaded.
     """
-    path = Path(path)
+    path = reference.model_file(Path(path))
     head = _read_head(path, 9)
     if path.suffix == ".safetensors" or (not head.startswith(_ZIP_MAGIC) and head[8:9] == b"{"):
         return load_safetensors(path)
-    checkpoint = load_checkpoint(path)
-    key = "ema" if checkpoint.get("ema") is not None else "model"
-    return _weights(checkpoint, key, path), _config(checkpoint, path)
+    weights, config, _ = _torch_model_state(path, use_ema)
+    return weights, config
+
+
+def _torch_model_state(path: Path, use_ema: bool) -> tuple[dict[str, Tensor], dict[str, Any], Any]:
+    """(weights, config dict, step) of a torch file: ours (EMA or raw weights), or the reference's, converted."""
+    checkpoint = read_torch_file(path)
+    if reference.is_reference_checkpoint(checkpoint):
+        return reference.convert(checkpoint, path)
+    checkpoint = _our_format(checkpoint, path)
+    key = "ema" if use_ema and checkpoint.get("ema") is not None else "model"
+    return _weights(checkpoint, key, path), _config(checkpoint, path), checkpoint.get("step")
