@@ -28,13 +28,14 @@ def _config_command(args: argparse.Namespace) -> None:
     print(config_to_yaml(load_config(args.config, args.overrides)), end="")
 
 
-def _preprocess_command(args: argparse.Namespace) -> None:
+def _preprocess_command(args: argparse.Namespace) -> int | None:
     from diffwave.data.preprocess import preprocess
 
     result = preprocess(args.corpus, args.out, load_config(args.config, args.overrides),
                         corpus_format=args.format, jobs=args.jobs, strict_rate=args.strict_rate)
-    print(f"preprocess: {result.summary()}; features in {result.out_dir}, skipped files listed in "
+    print(f"preprocess: {result.summary()}; features in {result.out_dir}, skipped and failed files listed in "
           f"{result.out_dir / 'report.tsv'}")
+    return 2 if result.failed else None
 
 
 def _train_command(args: argparse.Namespace) -> None:

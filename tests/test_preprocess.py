@@ -1,9 +1,13 @@
 """`diffwave preprocess` on a tiny LJSpeech-layout corpus with every kind of bad file (RELIABILITY F, B10)."""
 
+import fcntl
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +204,79 @@ def test_splits_are_deterministic_and_hold_out_lj001_lj002():
     assert assign_splits(list(reversed(ids)), "ljspeech", TINY.data) == splits
     folder_splits = assign_splits([f"clip{i}" for i in range(200)], "folder", TINY.data)
     assert sum(s == "test" for s in folder_splits.values()) == 4  # test_fraction 0.02
+
+
+def _workers_of(parent: int) -> list[int]:
+    """Live multiprocessing workers whose parent is `parent`, from /proc (the resource tracker is not one)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        if int(fields[1]) == parent and fields[0] != "Z" and b"multiprocessing-fork" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _hold(path: Path) -> int:
+    """A write lease on `path`: a process that opens it blocks until the lease is released (up to the kernel's
+    lease-break-time, 45 s by default), so a worker can be caught holding that file for certain."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError as error:
+        os.close(fd)
+        pytest.skip(f"this filesystem grants no file leases ({error.strerror})")
+    return fd
+
+
+def _wait_for(condition, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_costs_only_the_file_it_held(tmp_path):
+    """`preprocess --jobs 2`, and one worker really killed (SIGKILL) while it holds a file: that file is failed in
+    report.tsv with the reason, a fresh worker does the rest, and the run ends with a summary and exit 2."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):  # the folder reader sorts: a_held0 and a_held1 go to the two workers first
+        name = f"a_held{i}" if i < 2 else f"b_clip{i}"
+        write_tone(corpus / f"{name}.wav", RATE, 0.3, seed=i, f0=120 + 20 * i)
+    breaks: list[int] = []
+    previous = signal.signal(signal.SIGIO, lambda signum, frame: breaks.append(signum))  # a lease break
+    held = [_hold(corpus / f"a_held{i}.wav") for i in range(2)]
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "diffwave", "preprocess", str(corpus), str(tmp_path / "out"),
+                                    "--config", "tiny", "--jobs", "2"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: len(breaks) >= 2, "both workers to open their held file")
+        workers = _workers_of(process.pid)
+        assert len(workers) == 2, workers  # both blocked in open(), each on its own held file
+        os.kill(workers[0], signal.SIGKILL)
+        _wait_for(lambda: len(list((tmp_path / "out" / "mel").glob("b_clip*.npy"))) == 4, "a new worker")
+    finally:
+        for fd in held:
+            os.close(fd)  # releases the lease: the surviving worker's open() returns
+        signal.signal(signal.SIGIO, previous)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2 and "Traceback" not in stderr, stderr
+    summary = stdout.strip().splitlines()[-1]
+    assert summary.startswith("preprocess: 5 ok (0 reused), 0 skipped, 1 failed (worker died"), summary
+    failed = [line.split("\t") for line in (tmp_path / "out" / "report.tsv").read_text().splitlines()
+              if "\tfailed\t" in line]
+    assert len(failed) == 1
+    source, _, kind, reason = failed[0]
+    assert Path(source).name in ("a_held0.wav", "a_held1.wav") and kind == "worker died"
+    assert f"(pid {workers[0]})" in reason and "killed by SIGKILL" in reason
+    assert {u.id for u in read_manifest(tmp_path / "out", TINY.audio)} == (
+        {f"b_clip{i}" for i in range(2, 6)} | {"a_held0", "a_held1"} - {Path(source).stem})
+    rerun = run_cli(str(corpus), str(tmp_path / "out"), "--config", "tiny", "--jobs", "2")
+    assert rerun.returncode == 0 and "6 ok (5 reused), 0 skipped" in rerun.stdout  # the failed file, retried

@@ -7,13 +7,17 @@ corpus itself is never written to.
 
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
+import pickle
+import signal
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,7 @@ logger = logging.getLogger("diffwave.preprocess")
 
 LJSPEECH_TEST_PREFIXES = ("LJ001", "LJ002")  # held out by the reference pretrained model
 REPORT_NAME = "report.tsv"
+WORKER_DIED = "worker died"  # the kind of a file lost with its worker: failed, not skipped for what it holds
 
 
 @dataclass
@@ -42,14 +47,22 @@ class PreprocessResult:
 
     @property
     def skipped(self) -> list[Problem]:
-        return [p for p in self.problems if p.skipped]
+        """Files left out for what they hold (bad audio, metadata problems)."""
+        return [p for p in self.problems if p.skipped and p.kind != WORKER_DIED]
+
+    @property
+    def failed(self) -> list[Problem]:
+        """Files lost with a worker that died while processing them; a rerun retries them."""
+        return [p for p in self.problems if p.kind == WORKER_DIED]
 
     def summary(self) -> str:
-        """One line: "N ok (M reused), k skipped (reason: count, ...)"."""
+        """One line: "N ok (M reused), k skipped (reason: count, ...)", then ", f failed (...)" if any failed."""
         reasons = Counter(p.kind for p in self.skipped)
         line = f"{len(self.utterances)} ok ({self.reused} reused), {len(self.skipped)} skipped"
         if reasons:
             line += " (" + ", ".join(f"{reason}: {count}" for reason, count in reasons.most_common()) + ")"
+        if self.failed:
+            line += f", {len(self.failed)} failed ({WORKER_DIED}; rerun to retry them)"
         return line
 
 
@@ -101,21 +114,101 @@ def process_item(item: CorpusItem, out_dir: Path, audio_config: AudioConfig,
     return Utterance(item.id, audio_path, mel_path, audio.numel(), mel.shape[1], split="")
 
 
-def _init_worker() -> None:
+@dataclass
+class _Worker:
+    """One worker process, its end of the pipe, and the item it holds (None while idle)."""
+
+    process: BaseProcess
+    connection: Connection
+    item: CorpusItem | None = None
+
+
+def _worker_loop(connection: Connection, out_dir: Path, audio_config: AudioConfig, strict_rate: bool) -> None:
+    """Process the items sent down `connection` until None arrives; a programming error goes back as itself."""
     torch.set_num_threads(1)  # one process per core; torch's own threads would oversubscribe
+    while (item := connection.recv()) is not None:
+        try:
+            result: Utterance | Problem | Exception = process_item(item, out_dir, audio_config, strict_rate)
+        except Exception as error:  # re-raised by the parent, as a serial run would raise it
+            result = error
+        connection.send(result)
+
+
+def _death(worker: _Worker, item: CorpusItem) -> Problem:
+    """The Problem of the file a dead worker held: killed, out of memory or a crashing decoder."""
+    code = worker.process.exitcode
+    how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+    return Problem(str(item.path), WORKER_DIED, f"{item.path}: the worker process (pid {worker.process.pid}) "
+                                                f"processing it died ({how}; killed, out of memory or a crashing "
+                                                "decoder); the other files went on")
 
 
 def _run_parallel(items: list[CorpusItem], out_dir: Path, audio_config: AudioConfig, strict_rate: bool,
                   jobs: int) -> Iterator[Utterance | Problem]:
+    """Results in completion order. Each worker holds one item at a time, so a worker that dies costs only that
+    item (reported as failed) and a fresh worker takes its place; concurrent.futures cannot do this, since one
+    dead worker breaks its whole pool and fails every pending item. Idle workers stop once nothing is left."""
     if jobs <= 1:
         yield from (process_item(item, out_dir, audio_config, strict_rate) for item in items)
         return
     # spawn, not fork: forking a process whose torch thread pool already ran can deadlock the children.
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker) as pool:
-        futures = [pool.submit(process_item, item, out_dir, audio_config, strict_rate) for item in items]
-        for future in concurrent.futures.as_completed(futures):
-            yield future.result()
+    todo = list(reversed(items))
+
+    def start() -> _Worker:
+        parent, child = context.Pipe()
+        process = context.Process(target=_worker_loop, args=(child, out_dir, audio_config, strict_rate),
+                                  daemon=True)
+        process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    def give_work(worker: _Worker) -> None:
+        worker.item = todo.pop() if todo else None
+        with contextlib.suppress(OSError):  # a worker that just died is found by its sentinel
+            worker.connection.send(worker.item)
+        if worker.item is not None:
+            logger.debug("worker %d: %s", worker.process.pid, worker.item.path)
+
+    workers = [start() for _ in range(min(jobs, len(items)))]
+    try:
+        for worker in workers:
+            give_work(worker)
+        while busy := [w for w in workers if w.item is not None]:
+            ready = set(wait([w.connection for w in busy] + [w.process.sentinel for w in busy]))
+            for worker in busy:
+                if ready.isdisjoint((worker.connection, worker.process.sentinel)):
+                    continue
+                result = _receive(worker)
+                if result is None:  # it died: its pipe closed, or its process ended with no result sent
+                    worker.process.join()
+                    yield _death(worker, worker.item)
+                    workers.remove(worker)
+                    if todo:
+                        workers.append(start())
+                        give_work(workers[-1])
+                    continue
+                if isinstance(result, Exception):
+                    raise result
+                give_work(worker)
+                yield result
+    finally:  # after the last result every worker was told to stop; after an error, busy ones are killed
+        for worker in workers:
+            if worker.item is not None:
+                worker.process.kill()
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+            worker.connection.close()
+
+
+def _receive(worker: _Worker) -> Utterance | Problem | Exception | None:
+    """The worker's result, or None when there is none to read (a worker killed while sending leaves a pipe
+    that reads as closed or a message cut short)."""
+    try:
+        return worker.connection.recv() if worker.connection.poll() else None
+    except (EOFError, OSError, pickle.UnpicklingError):
+        return None
 
 
 def _rank(ids: Iterable[str]) -> list[str]:
@@ -141,9 +234,15 @@ def assign_splits(ids: list[str], corpus_format: str, data_config: DataConfig) -
     return {i: "test" if i in test else "valid" if i in valid else "train" for i in ids}
 
 
+def _status(problem: Problem) -> str:
+    if problem.kind == WORKER_DIED:
+        return "failed"
+    return "skipped" if problem.skipped else "note"
+
+
 def _write_report(out_dir: Path, problems: list[Problem]) -> None:
     rows = ["source\tstatus\tkind\treason\n"]
-    rows += [f"{p.source}\t{'skipped' if p.skipped else 'note'}\t{p.kind}\t{p.reason}\n" for p in problems]
+    rows += [f"{p.source}\t{_status(p)}\t{p.kind}\t{p.reason}\n" for p in problems]
     with atomic_write(out_dir / REPORT_NAME) as temp:
         temp.write_text("".join(rows))
 
