@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import librosa
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import torchaudio.transforms as TT
 from numpy.lib.stride_tricks import sliding_window_view
 
-from diffwave.audio import LogMel, min_samples, num_frames
+from diffwave.audio import LogMel, min_samples, num_frames, read_audio
 from diffwave.config import AudioConfig, load_config
+from diffwave.data.synthetic import synthesize_clip
 from diffwave.errors import AudioError
 from tests.audio_fixtures import harmonic_tone
 
@@ -76,6 +79,38 @@ def test_lmnt_matches_the_reference_code() -> None:
     reference = 20 * torch.log10(torch.clamp(transform(audio), min=1e-5)) - 20
     reference = torch.clamp((reference + 100) / 100, 0.0, 1.0)
     torch.testing.assert_close(LogMel(config)(audio), reference, rtol=0, atol=1e-5)
+
+
+def reference_preprocess(path: Path, sample_rate: int, n_fft: int, hop: int, n_mels: int) -> torch.Tensor:
+    """lmnt-com/diffwave's preprocess as its README and issue describe it, written out here: the file's first
+    channel as float in [-1, 1], clamped; MelSpectrogram(win 4 hops, 20 Hz to Nyquist, power 1, normalized);
+    20 log10(max(x, 1e-5)) - 20; clamp((x + 100) / 100, 0, 1)."""
+    samples, rate = sf.read(path, dtype="float32", always_2d=True)
+    assert rate == sample_rate
+    audio = torch.clamp(torch.from_numpy(samples[:, 0].copy()), -1.0, 1.0)
+    transform = TT.MelSpectrogram(sample_rate=rate, win_length=4 * hop, hop_length=hop, n_fft=n_fft, f_min=20.0,
+                                  f_max=rate / 2.0, n_mels=n_mels, power=1.0, normalized=True)
+    decibels = 20 * torch.log10(torch.clamp(transform(audio), min=1e-5)) - 20
+    return torch.clamp((decibels + 100) / 100, 0.0, 1.0)
+
+
+@pytest.mark.parametrize(("sample_rate", "n_fft", "hop", "n_mels"), [(22050, 1024, 256, 80), (16000, 1024, 200, 64)])
+def test_lmnt_preset_equals_the_reference_preprocess_on_a_speech_file(tmp_path, sample_rate, n_fft, hop, n_mels):
+    """Real audio through our file reader and the preset (a config as a reference checkpoint maps to), against
+    the reference formula: values and frame count. A second, louder file has peaks above 1 (float WAV)."""
+    config = load_config("lmnt", [f"audio.sample_rate={sample_rate}", f"audio.n_fft={n_fft}",
+                                  f"audio.hop_length={hop}", f"audio.win_length={4 * hop}",
+                                  f"audio.n_mels={n_mels}"]).audio
+    speech = synthesize_clip(1.3, sample_rate, torch.Generator().manual_seed(5)).numpy()
+    sf.write(tmp_path / "speech.wav", speech, sample_rate, subtype="PCM_16")
+    sf.write(tmp_path / "loud.wav", 3.0 * speech, sample_rate, subtype="FLOAT")
+    for name in ("speech.wav", "loud.wav"):
+        expected = reference_preprocess(tmp_path / name, sample_rate, n_fft, hop, n_mels)
+        ours = LogMel(config)(read_audio(tmp_path / name, sample_rate))
+        assert ours.shape == expected.shape == (n_mels, len(speech) // hop + 1)
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+        loud = torch.from_numpy(sf.read(tmp_path / name, dtype="float32")[0])  # an array in: clamped the same
+        torch.testing.assert_close(LogMel(config)(loud), expected, rtol=0, atol=1e-5)
 
 
 ODD = AudioConfig(sample_rate=8000, n_fft=255, win_length=200, hop_length=64, n_mels=20, f_max=None)

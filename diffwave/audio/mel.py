@@ -6,10 +6,11 @@ convention, not a set of numbers (those come from `AudioConfig`):
 - ``hifigan`` (default; HiFi-GAN / Tacotron 2 ``mel_spectrogram``): reflect-pad (n_fft - hop) // 2 on
   both sides, STFT without centring, Hann window of win_length, magnitude sqrt(re^2 + im^2 + 1e-9),
   Slaney mel scale with Slaney area normalisation (librosa.filters.mel defaults), ln(max(x, 1e-5)).
-- ``lmnt`` (lmnt-com/diffwave's preprocess, so its pretrained checkpoints can be used): torchaudio
-  MelSpectrogram conventions (centred frames, i.e. reflect-pad n_fft // 2; Hann window; HTK mel scale
-  without normalisation), magnitude (power 1) of the STFT divided by sqrt(sum(window^2))
-  (normalized=True), then clamp((20 log10(max(S, 1e-5)) - 20 + 100) / 100, 0, 1).
+- ``lmnt`` (lmnt-com/diffwave's preprocess, so its pretrained checkpoints can be used): audio clamped to
+  [-1, 1] as its preprocess does, then torchaudio MelSpectrogram conventions (centred frames, i.e.
+  reflect-pad n_fft // 2; Hann window; HTK mel scale without normalisation), magnitude (power 1) of the
+  STFT divided by sqrt(sum(window^2)) (normalized=True), then
+  clamp((20 log10(max(S, 1e-5)) - 20 + 100) / 100, 0, 1). Its window is 4 hops (win_length = 4 * hop).
 
 Each filterbank is built by the library its reference used (librosa for hifigan, torchaudio for lmnt),
 so quirks such as torchaudio's integer Nyquist for odd sample rates are reproduced rather than fixed.
@@ -119,5 +120,8 @@ class LogMel(nn.Module):
             raise AudioError(f"audio of {batch.shape[-1]} samples is too short for a mel: expected at "
                              f"least {shortest} samples ({self.config.mel_preset} preset, "
                              f"n_fft {self.config.n_fft}, hop {self.config.hop_length})")
-        mel = self._compress(self.mel_basis @ self._magnitude(batch.to(self.window.dtype)))
+        batch = batch.to(self.window.dtype)
+        if self.config.mel_preset == "lmnt":
+            batch = batch.clamp(-1.0, 1.0)
+        mel = self._compress(self.mel_basis @ self._magnitude(batch))
         return mel.squeeze(0) if audio.dim() == 1 else mel
