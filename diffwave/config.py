@@ -8,6 +8,7 @@ OmegaConf does the merging and type checking; its errors are turned into one-lin
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from diffwave.errors import ConfigError
 MEL_PRESETS = ("hifigan", "lmnt")
 SCHEDULES = ("linear", "cosine")
 LOSSES = ("l2", "l1")
+PRIORS = ("standard", "priorgrad")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 BASE_FAST_SCHEDULE = [1e-4, 1e-3, 1e-2, 5e-2, 0.2, 0.5]
@@ -81,7 +83,11 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    """Training noise schedule (T steps), the fast reverse schedule for inference, and the loss."""
+    """Training noise schedule (T steps), the fast reverse schedule for inference, the loss, and the prior.
+
+    `prior: priorgrad` shapes the noise by the mel's frame energy (PriorGrad; see audio/prior.py); its
+    normalisation uses the training corpus's frame-energy range, which training fills in and checkpoints carry.
+    """
 
     schedule: str = "linear"
     num_steps: int = 50
@@ -89,10 +95,21 @@ class DiffusionConfig:
     beta_end: float = 0.05
     fast_schedule: list[float] = field(default_factory=lambda: list(BASE_FAST_SCHEDULE))
     loss: str = "l2"
+    prior: str = "standard"
+    prior_floor: float = 0.1  # PriorGrad's smallest standard deviation
+    prior_energy_min: float | None = None  # corpus statistics, set when training starts
+    prior_energy_max: float | None = None
 
     def __post_init__(self) -> None:
         _check_choice("diffusion", "schedule", self.schedule, SCHEDULES)
         _check_choice("diffusion", "loss", self.loss, LOSSES)
+        _check_choice("diffusion", "prior", self.prior, PRIORS)
+        if not 0 < self.prior_floor <= 1:
+            raise ConfigError(f"diffusion.prior_floor must lie in (0, 1], got {self.prior_floor}")
+        energies = (self.prior_energy_min, self.prior_energy_max)
+        if energies.count(None) == 1 or (None not in energies and not 0 <= energies[0] < energies[1] < math.inf):
+            raise ConfigError("diffusion.prior_energy_min/max must both be unset or satisfy 0 <= min < max, got "
+                              f"{energies[0]} and {energies[1]}")
         _check_positive("diffusion", num_steps=self.num_steps)
         if self.schedule == "linear" and not 0 < self.beta_start <= self.beta_end < 1:
             raise ConfigError("diffusion.beta_start/beta_end must satisfy 0 < beta_start <= beta_end < 1, "
@@ -162,6 +179,11 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.diffusion.prior == "priorgrad" and not self.model.conditional:
+            raise ConfigError("diffusion.prior is 'priorgrad', but the model is unconditional (model.conditional: "
+                              "false): PriorGrad's prior comes from the mel; use diffusion.prior=standard")
 
 
 def _large() -> Config:

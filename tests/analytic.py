@@ -4,6 +4,12 @@ For x_0 drawn from a Gaussian mixture, x_t = sqrt(a) x_0 + sqrt(1 - a) eps is ag
 minimiser of the epsilon loss is eps*(x_t) = E[eps | x_t] = sum_k r_k(x_t) sqrt(1 - a) (x_t - sqrt(a) m_k) / V_k
 with V_k = a s_k^2 + 1 - a and r_k the posterior component weights. One component gives the Gaussian case
 eps* = sqrt(1 - a) (x_t - sqrt(a) mu) / (a s^2 + 1 - a). These stand in for a perfectly trained network.
+
+With PriorGrad's diagonal prior Sigma = diag(S^2) the forward noise is n = S eps, independently per dimension,
+and the network predicts n itself. Per dimension and component, (x_0, x_t) is jointly Gaussian with
+Var(x_t | k) = a s_k^2 + (1 - a) S^2 =: V_k and Cov(n, x_t | k) = sqrt(1 - a) S^2, so
+E[n | x_t, k] = sqrt(1 - a) S^2 (x_t - sqrt(a) m_k) / V_k, weighted by the posterior r_k(x_t) computed with
+these V_k. S = 1 is the standard case above.
 """
 
 from __future__ import annotations
@@ -32,7 +38,10 @@ def alpha_bar_at(schedule: NoiseSchedule, t: Tensor) -> Tensor:
 
 @dataclass
 class GaussianMixture:
-    """A 1-D mixture sum_k w_k N(m_k, s_k^2); samples have shape [n, 1]."""
+    """A mixture sum_k w_k N(m_k, s_k^2) in each of d independent dimensions; samples have shape [n, d].
+
+    `prior_std` (S) is a float (d = 1) or a [d] tensor: each dimension's forward noise is S_j eps_j.
+    """
 
     weights: tuple[float, ...]
     means: tuple[float, ...]
@@ -42,27 +51,32 @@ class GaussianMixture:
         as_tensor = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
         return as_tensor(self.weights), as_tensor(self.means), as_tensor(self.stds)
 
-    def sample(self, n: int, alpha_bar: float, generator: torch.Generator) -> Tensor:
-        """Exact draws of x_t for a state with the given alpha_bar (alpha_bar = 1: the data itself)."""
+    def sample(self, n: int, alpha_bar: float, generator: torch.Generator,
+               prior_std: Tensor | float = 1.0) -> Tensor:
+        """Exact draws of x_t [n, d] for a state with the given alpha_bar (alpha_bar = 1: the data itself)."""
         w, m, s = self._params()
-        k = torch.multinomial(w, n, replacement=True, generator=generator)
-        std = (alpha_bar * s[k] ** 2 + 1 - alpha_bar).sqrt()
-        z = torch.randn(n, generator=generator, dtype=torch.float64)
-        return (math.sqrt(alpha_bar) * m[k] + std * z).unsqueeze(1)
+        prior = _prior(prior_std)
+        d = prior.numel()
+        k = torch.multinomial(w, n * d, replacement=True, generator=generator).reshape(n, d)
+        std = (alpha_bar * s[k] ** 2 + (1 - alpha_bar) * prior**2).sqrt()
+        z = torch.randn(n * d, generator=generator, dtype=torch.float64).reshape(n, d)
+        return math.sqrt(alpha_bar) * m[k] + std * z
 
-    def optimal_eps(self, x: Tensor, alpha_bar: Tensor) -> Tensor:
-        """E[eps | x_t = x] for states whose alpha_bar is given per example ([n] tensor)."""
+    def optimal_eps(self, x: Tensor, alpha_bar: Tensor, prior_std: Tensor | float = 1.0) -> Tensor:
+        """E[S eps | x_t = x] for x [n, d] and states whose alpha_bar is given per example ([n] tensor)."""
         w, m, s = self._params()
-        a = alpha_bar.to(torch.float64).reshape(-1, 1)
+        a = alpha_bar.to(torch.float64).reshape(-1, 1, 1)
+        prior2 = _prior(prior_std).reshape(-1, 1) ** 2  # [d, 1]
+        xk = x.to(torch.float64).unsqueeze(-1)  # [n, d, 1] against components [K]
         centre = a.sqrt() * m
-        var = a * s**2 + 1 - a
-        log_r = torch.log(w) - 0.5 * torch.log(var) - 0.5 * (x - centre) ** 2 / var
-        r = torch.softmax(log_r, dim=1)
-        return ((1 - a).sqrt() * (x - centre) / var * r).sum(dim=1, keepdim=True).to(x.dtype)
+        var = a * s**2 + (1 - a) * prior2
+        log_r = torch.log(w) - 0.5 * torch.log(var) - 0.5 * (xk - centre) ** 2 / var
+        r = torch.softmax(log_r, dim=-1)
+        return ((1 - a).sqrt() * prior2 * (xk - centre) / var * r).sum(dim=-1).to(x.dtype)
 
-    def eps_fn(self, schedule: NoiseSchedule):
+    def eps_fn(self, schedule: NoiseSchedule, prior_std: Tensor | float = 1.0):
         """The optimal predictor as the samplers call it: eps(x_t, t) with t a (fractional) step."""
-        return lambda x, t: self.optimal_eps(x, alpha_bar_at(schedule, t))
+        return lambda x, t: self.optimal_eps(x, alpha_bar_at(schedule, t), prior_std)
 
     def cdf(self, x: Tensor) -> Tensor:
         w, m, s = self._params()
@@ -75,22 +89,31 @@ class GaussianMixture:
         return -torch.logsumexp(log_p, dim=1)
 
 
+def _prior(prior_std: Tensor | float) -> Tensor:
+    return torch.as_tensor(prior_std, dtype=torch.float64).reshape(-1)
+
+
 def gaussian(mean: float, std: float) -> GaussianMixture:
     return GaussianMixture((1.0,), (mean,), (std,))
 
 
-def chain_law(plan, mean: float, std: float) -> tuple[float, float]:
-    """Exact mean and variance of a plan's output for Gaussian data N(mean, std^2) and the optimal eps,
-    starting from the exact marginal of the plan's noisiest state.
+def chain_law(plan, mean: float, std: float, prior_std: float = 1.0,
+              from_prior: bool = False) -> tuple[float, float]:
+    """Exact mean and variance of a plan's output for Gaussian data N(mean, std^2) and the optimal predictor
+    of the noise S eps (S = `prior_std`), starting from the exact marginal of the plan's noisiest state, or
+    from the prior N(0, S^2) with `from_prior`.
 
     Every step is affine in x plus Gaussian noise, so the law stays Gaussian; the step formulas are written
-    here from the papers (Ho et al. eq. 11, Song et al. eq. 12), independently of the package's code.
+    here from the papers (Ho et al. eq. 11, Song et al. eq. 12), independently of the package's code. Under
+    the prior the reverse steps keep their means (x_t / S is a standard chain) and their noise is S z.
     """
-    a_T = plan.alpha_bars[-1].item()
-    m, v = math.sqrt(a_T) * mean, a_T * std**2 + 1 - a_T
+    a_T, prior2 = plan.alpha_bars[-1].item(), prior_std**2
+    m, v = math.sqrt(a_T) * mean, a_T * std**2 + (1 - a_T) * prior2
+    if from_prior:
+        m, v = 0.0, prior2
     for i in reversed(range(len(plan))):
         a, a_prev, sigma = (plan.alpha_bars[i].item(), plan.alpha_bars_prev[i].item(), plan.sigmas[i].item())
-        c = math.sqrt(1 - a) / (a * std**2 + 1 - a)  # eps*(x) = c x - c sqrt(a) mean
+        c = math.sqrt(1 - a) * prior2 / (a * std**2 + (1 - a) * prior2)  # eps*(x) = c x - c sqrt(a) mean
         if plan.update == "ancestral":
             alpha = a / a_prev
             gain = (1 - (1 - alpha) * c / math.sqrt(1 - a)) / math.sqrt(alpha)
@@ -99,5 +122,5 @@ def chain_law(plan, mean: float, std: float) -> tuple[float, float]:
             direction = math.sqrt(1 - a_prev - sigma**2) - math.sqrt(a_prev * (1 - a) / a)
             gain = math.sqrt(a_prev / a) + direction * c
             offset = -direction * c * math.sqrt(a) * mean
-        m, v = gain * m + offset, gain**2 * v + sigma**2
+        m, v = gain * m + offset, gain**2 * v + sigma**2 * prior2
     return m, v

@@ -2,6 +2,11 @@
 
 Both are computed in float32 or wider, outside any autocast region, so mixed-precision training never
 reduces a loss in half precision. The bound is reported per audio sample (per dimension), in nats and bits.
+
+With a data-dependent prior N(0, Sigma), Sigma = diag(S^2) (PriorGrad; `prior_std` = S, broadcasting to the
+data), the forward noise is S eps and the network predicts it as drawn; the loss is the Mahalanobis norm
+||S^-1 (eps_hat - S eps)||^2 (the likelihood weighting of the paper), and every Gaussian of the bound has
+its covariance multiplied by Sigma. `prior_std=None` is the standard prior, computed exactly as before.
 """
 
 from __future__ import annotations
@@ -22,21 +27,29 @@ def _per_example_mean(values: Tensor) -> Tensor:
     return values.flatten(1).mean(dim=1)
 
 
-def epsilon_loss(eps_hat: Tensor, eps: Tensor, kind: str = "l2") -> Tensor:
-    """Per-example mean error between predicted and true noise: L2 (the paper) or L1 (the reference code)."""
+def epsilon_loss(eps_hat: Tensor, eps: Tensor, kind: str = "l2", prior_std: Tensor | None = None) -> Tensor:
+    """Per-example mean error between predicted and true noise: L2 (the paper) or L1 (the reference code);
+    with `prior_std` S the error is measured in units of S: (eps_hat - eps) / S."""
     if kind not in LOSS_KINDS:
         raise ValueError(f"loss kind must be one of {LOSS_KINDS}, got '{kind}'")
     error = eps_hat.float() - eps.float()
+    if prior_std is not None:
+        error = error / prior_std.float()
     return _per_example_mean(error.square() if kind == "l2" else error.abs())
 
 
 def diffusion_loss(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *, kind: str = "l2",
-                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """L_simple with one uniformly drawn step per example; returns (per-example loss, the steps drawn)."""
+                   generator: torch.Generator | None = None,
+                   prior_std: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """L_simple with one uniformly drawn step per example; returns (per-example loss, the steps drawn).
+
+    With `prior_std` S the noise is S eps and the loss is weighted by S^-2 (see the module doc)."""
     t = torch.randint(0, schedule.num_steps, (x0.shape[0],), generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if prior_std is not None:
+        noise = noise * prior_std
     x_t = schedule.q_sample(x0, t, noise)
-    return epsilon_loss(eps_fn(x_t, t.float()), noise, kind), t
+    return epsilon_loss(eps_fn(x_t, t.float()), noise, kind, prior_std), t
 
 
 def gaussian_kl(mean1: Tensor, var1: Tensor | float, mean2: Tensor, var2: Tensor | float) -> Tensor:
@@ -55,7 +68,7 @@ def gaussian_nll(x: Tensor, mean: Tensor, var: Tensor | float) -> Tensor:
 class VariationalBound:
     """The terms of -ELBO for each example, in nats per sample: L_T, L_{t-1} for t = 1..T-1, and L_0."""
 
-    prior: Tensor  # [B]     KL(q(x_{T-1} | x_0) || N(0, I))
+    prior: Tensor  # [B]     KL(q(x_{T-1} | x_0) || N(0, Sigma)), Sigma = I for the standard prior
     kl: Tensor  # [B, T-1]   column t-1: KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)), t = 1..T-1
     decoder: Tensor  # [B]   -log p(x_0 | state 0)
 
@@ -88,22 +101,27 @@ def reverse_variances(schedule: NoiseSchedule, variance: str | Tensor) -> Tensor
 
 @torch.no_grad()
 def variational_bound(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *,
-                      variance: str | Tensor = "beta_tilde",
-                      generator: torch.Generator | None = None) -> VariationalBound:
+                      variance: str | Tensor = "beta_tilde", generator: torch.Generator | None = None,
+                      prior_std: Tensor | None = None) -> VariationalBound:
     """Monte Carlo estimate (one x_t per term) of the negative ELBO of x0 under the model's reverse chain.
 
     The reverse variances come from `reverse_variances`; the decoder p(x_0 | state 0) is Gaussian around
-    the model's mean. T model calls per batch.
+    the model's mean. With `prior_std` S every variance (forward, posterior, reverse, decoder, prior) is
+    multiplied by S^2 elementwise, and eps_fn predicts the noise as drawn (S eps). T model calls per batch.
     """
     sigma2 = reverse_variances(schedule, variance)
     batch = x0.shape[0]
     last = schedule.num_steps - 1
     abar_last = schedule.alpha_bars[last].item()
-    prior = _per_example_mean(gaussian_kl(math.sqrt(abar_last) * x0, 1 - abar_last, torch.zeros_like(x0), 1.0))
+    cov = 1.0 if prior_std is None else prior_std.to(x0.dtype).square()  # the diagonal of Sigma
+    prior = _per_example_mean(gaussian_kl(math.sqrt(abar_last) * x0, (1 - abar_last) * cov,
+                                          torch.zeros_like(x0), cov))
 
     def model_mean(t: int) -> tuple[Tensor, Tensor]:
         steps = torch.full((batch,), t, device=x0.device, dtype=torch.long)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if prior_std is not None:
+            noise = noise * prior_std.to(x0.dtype)
         x_t = schedule.q_sample(x0, steps, noise)
         eps = eps_fn(x_t, steps.float()).to(x0.dtype)
         mean = ancestral_mean(x_t, eps, schedule.alpha_bars[t].item(), schedule.alpha_bars_prev[t].item())
@@ -113,7 +131,7 @@ def variational_bound(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *,
     for t in range(1, last + 1):
         x_t, p_mean = model_mean(t)
         q_mean, q_var = schedule.posterior(x0, x_t, torch.full((batch,), t, dtype=torch.long))
-        kl[:, t - 1] = _per_example_mean(gaussian_kl(q_mean, q_var, p_mean, sigma2[t].item()))
+        kl[:, t - 1] = _per_example_mean(gaussian_kl(q_mean, q_var * cov, p_mean, sigma2[t].item() * cov))
     _, decoder_mean = model_mean(0)
-    decoder = _per_example_mean(gaussian_nll(x0, decoder_mean, sigma2[0].item()))
+    decoder = _per_example_mean(gaussian_nll(x0, decoder_mean, sigma2[0].item() * cov))
     return VariationalBound(prior, kl, decoder)

@@ -2,6 +2,11 @@
 
 The loop knows nothing about networks: it calls `eps_fn(x_t, t)`, where t is a float tensor [batch] of
 (possibly fractional) training steps. Randomness comes only from the `torch.Generator` passed in.
+
+A data-dependent prior (PriorGrad, Lee et al. 2022) is a tensor S of standard deviations that broadcasts to
+the sample's shape: the forward noise is S eps, so x_T ~ N(0, S^2) and the network predicts the noise as drawn,
+S eps. Dividing every state by S turns that chain into the standard one, so the update formulas stay as they
+are and only the fresh noise (x_T and each step's) is scaled by S. `prior_std=None` is the standard N(0, I).
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ def ddim_mean(x: Tensor, eps: Tensor, alpha_bar: float, alpha_bar_prev: float, s
 
 
 def reverse_step(plan: ReversePlan, i: int, x: Tensor, eps: Tensor,
-                 generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None) -> Tensor:
-    """Move from plan state i to the state before it; fresh noise only where sigma_i > 0."""
+                 generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None,
+                 prior_std: Tensor | None = None) -> Tensor:
+    """Move from plan state i to the state before it; fresh noise (times `prior_std`) only where sigma_i > 0."""
     alpha_bar, alpha_bar_prev = plan.alpha_bars[i].item(), plan.alpha_bars_prev[i].item()
     sigma = plan.sigmas[i].item()
     if plan.update == "ancestral":
@@ -46,7 +52,7 @@ def reverse_step(plan: ReversePlan, i: int, x: Tensor, eps: Tensor,
         x_prev = ddim_mean(x, eps, alpha_bar, alpha_bar_prev, sigma)
     if sigma > 0:
         noise = standard_noise(x.shape, i, generator, noise_fn, x.device, x.dtype)
-        x_prev = x_prev + sigma * noise
+        x_prev = x_prev + sigma * (noise if prior_std is None else noise * prior_std)
     return x_prev
 
 
@@ -61,16 +67,32 @@ def standard_noise(shape: tuple[int, ...] | torch.Size, i: int, generator: torch
     return noise.to(device, dtype)
 
 
+def checked_prior(prior_std: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+    """The prior's standard deviations, refused unless finite, positive and broadcasting to `shape`."""
+    try:
+        broadcast = torch.broadcast_shapes(tuple(prior_std.shape), tuple(shape))
+    except RuntimeError:
+        broadcast = None
+    if broadcast != tuple(shape):
+        raise ValueError(f"prior_std of shape {tuple(prior_std.shape)} does not broadcast to {tuple(shape)}")
+    if not (torch.isfinite(prior_std).all() and (prior_std > 0).all()):
+        raise ValueError("prior_std must be finite and positive everywhere")
+    return prior_std
+
+
 @torch.inference_mode()
 def sample(plan: ReversePlan, eps_fn: EpsFn, shape: tuple[int, ...] | torch.Size, *,
            generator: torch.Generator | None = None, x_T: Tensor | None = None,
            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-           clip: bool = False, callback: StepCallback | None = None, noise_fn: NoiseFn | None = None) -> Tensor:
-    """Run the reverse chain of `plan` from x_T (default: standard noise of `shape`) down to the data.
+           clip: bool = False, callback: StepCallback | None = None, noise_fn: NoiseFn | None = None,
+           prior_std: Tensor | None = None) -> Tensor:
+    """Run the reverse chain of `plan` from x_T (default: noise of `shape` from the prior) down to the data.
 
     `callback(i, x)` is called after each step with the plan index just completed (S-1 down to 0).
     `clip` clamps the result to [-1, 1], as audio output wants; the exactness tests leave it off.
-    `noise_fn` replaces the generator as the source of x_T and of every step's fresh noise.
+    `noise_fn` replaces the generator as the source of x_T and of every step's fresh (standard) noise.
+    `prior_std` (broadcasting to `shape`) is PriorGrad's S: x_T ~ N(0, S^2) and each step's noise is scaled
+    by S; an x_T passed in is used as it is.
     """
     if x_T is None:
         x = standard_noise(shape, len(plan), generator, noise_fn, device, dtype)
@@ -78,9 +100,13 @@ def sample(plan: ReversePlan, eps_fn: EpsFn, shape: tuple[int, ...] | torch.Size
         if tuple(x_T.shape) != tuple(shape):
             raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
         x = x_T.clone()
+    if prior_std is not None:
+        prior_std = checked_prior(prior_std, shape).to(x.device, x.dtype)
+        if x_T is None:
+            x = x * prior_std
     for i in reversed(range(len(plan))):
         t = torch.full((x.shape[0],), plan.model_steps[i].item(), device=x.device, dtype=torch.float32)
-        x = reverse_step(plan, i, x, eps_fn(x, t), generator, noise_fn)
+        x = reverse_step(plan, i, x, eps_fn(x, t), generator, noise_fn, prior_std)
         if callback is not None:
             callback(i, x)
     return x.clamp(-1.0, 1.0) if clip else x

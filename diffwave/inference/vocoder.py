@@ -9,7 +9,9 @@ reverse step. A batch of different lengths is padded, masked inside the network 
 `mask`) and kept at zero in the padding, and each utterance draws its noise from a seed keyed by its own mel
 (see `chunking`), so an utterance's audio does not depend on what else is in the batch. Long inputs are
 synthesised in overlapping windows whose noise depends only on the absolute sample position, so chunked and
-unchunked output agree up to the network's edge effects, which the context and cross-fade absorb.
+unchunked output agree up to the network's edge effects, which the context and cross-fade absorb. A priorgrad
+checkpoint scales x_T and every step's noise by the standard deviations of its prior (audio/prior.py), taken
+per window from the window's own mel frames; being per frame, they equal the whole utterance's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import Tensor
 
 from diffwave.audio import LogMel, as_mono
 from diffwave.audio.io import is_channels_last
+from diffwave.audio.prior import EnergyPrior
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, ReversePlan
 from diffwave.diffusion.reverse_plans import plan_for
@@ -87,6 +90,7 @@ class Vocoder:
         self.model = model.to(self.device).eval()
         self._config = config
         self.schedule = NoiseSchedule.from_config(config.diffusion)
+        self.prior = EnergyPrior.from_config(config)  # PriorGrad's noise scale from the mel; None: N(0, I)
         self.front_end = LogMel(config.audio).to(self.device)
         self._buffer = torch.empty(0)  # the conditioning of the current window (see _conditioning_buffer)
 
@@ -281,7 +285,10 @@ class Vocoder:
                 source.fill(noise[row, :length], index, offset)
             return noise_on_device.copy_(noise)
 
+        std = self._prior_std(mels, spans, width)
         x = draw(len(plan)).clone()  # x_T, kept in fp32 whatever the model's precision
+        if std is not None:
+            x.mul_(std)
         t = torch.empty(len(spans), device=self.device)
         for i in reversed(range(len(plan))):
             with self._autocast():
@@ -290,10 +297,21 @@ class Vocoder:
             x.mul_(scale_x).add_(eps.float(), alpha=scale_eps)
             sigma = plan.sigmas[i].item()
             if sigma > 0:
-                x.add_(draw(i), alpha=sigma)
+                x.add_(draw(i) if std is None else draw(i).mul_(std), alpha=sigma)  # the next draw refills it
             if mask is not None:
                 x.masked_fill_(~mask, 0.0)
         return x.cpu()
+
+    def _prior_std(self, mels: list[Tensor], spans: list[tuple[int, int]], width: int) -> Tensor | None:
+        """[n, width] PriorGrad standard deviations of each window from its own mel frames (per frame, so a
+        window's equal the slice of the whole utterance's); 1 in the padding, which the mask hides."""
+        if self.prior is None:
+            return None
+        std = torch.ones(len(mels), width, device=self.device)
+        for row, (mel, (start, stop)) in enumerate(zip(mels, spans, strict=True)):
+            window = self.prior.std(mel[:, start:stop])
+            std[row, :window.numel()] = window
+        return std
 
     def _conditioning(self, mels: list[Tensor], spans: list[tuple[int, int]], width: int) -> Tensor:
         """[n, L, 2C, width]: each window's conditioning from its own mel (plus MEL_MARGIN frames, so it

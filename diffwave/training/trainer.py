@@ -28,6 +28,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from diffwave.audio import LogMel
+from diffwave.audio.prior import EnergyPrior, with_corpus_statistics
 from diffwave.config import Config, config_to_dict
 from diffwave.data.dataset import crops_for_training, crops_for_validation
 from diffwave.diffusion import NoiseSchedule, epsilon_loss, fast_schedule, sample
@@ -158,6 +159,10 @@ class Trainer:
         self.generator = torch.Generator(self.device)
 
         self.dataset = crops_for_training(data_dir, config, "train", seed=train.seed)
+        # PriorGrad's corpus statistics go into the config that checkpoints carry (read only for priorgrad).
+        self.config = config = with_corpus_statistics(config, (np.load(u.mel, mmap_mode="r")
+                                                               for u in self.dataset.utterances))
+        self.prior = EnergyPrior.from_config(config)  # None: the standard N(0, I)
         self.sampler = ResumableSampler(self.dataset, context, seed=train.seed)
         self.local_batch = train.batch_size // context.world_size
         if len(self.sampler) < self.local_batch:
@@ -218,7 +223,8 @@ class Trainer:
 
     # --- one step ------------------------------------------------------------------------------------
     def _draws(self, ids: list[str], shape: torch.Size) -> tuple[Tensor, Tensor]:
-        """Diffusion step and noise of each example, from its own seed (see `example_seed`)."""
+        """Diffusion step and standard noise of each example, from its own seed (see `example_seed`); the
+        prior's scale is applied by the caller, so the draws are the same for either prior."""
         steps, noises = [], []
         for item_id in ids:
             self.generator.manual_seed(example_seed(self.config.train.seed, self.step, item_id))
@@ -231,11 +237,14 @@ class Trainer:
         audio = batch["audio"].to(self.device, non_blocking=True)
         mel = batch["mel"].to(self.device, non_blocking=True) if "mel" in batch else None
         t, noise = self._draws(batch["id"], audio.shape[1:])
+        std = None if self.prior is None else self.prior.std(mel)
+        if std is not None:
+            noise = noise * std  # PriorGrad: the noise is drawn from N(0, Sigma), and predicted as drawn
         x_t = self.schedule.q_sample(audio, t, noise)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
             eps_hat = self.estimator(x_t, t.float(), mel)
-        losses = epsilon_loss(eps_hat, noise, self.config.diffusion.loss)  # fp32, outside autocast
+        losses = epsilon_loss(eps_hat, noise, self.config.diffusion.loss, std)  # fp32, outside autocast
         loss = losses.mean()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -270,9 +279,12 @@ class Trainer:
         noise = torch.randn(audio.shape, generator=generator, device=self.device)
         model = self.ema.module.eval()
         mel = batch["mel"].to(self.device) if "mel" in batch else None
+        std = None if self.prior is None else self.prior.std(mel)
+        if std is not None:
+            noise = noise * std
         cond = None if mel is None else model.condition(mel)
         eps_hat = model(self.schedule.q_sample(audio, t, noise), t.float(), cond)
-        return epsilon_loss(eps_hat, noise, self.config.diffusion.loss).mean().item()
+        return epsilon_loss(eps_hat, noise, self.config.diffusion.loss, std).mean().item()
 
     @torch.no_grad()
     def vocode_samples(self, monitor: Monitor) -> float | None:
@@ -287,7 +299,7 @@ class Trainer:
         plan = fast_schedule(self.schedule, self.config.diffusion.fast_schedule)
         audio = sample(plan, lambda x, t: model(x, t, cond), tuple(batch["audio"].shape),
                        generator=torch.Generator(self.device).manual_seed(VALIDATION_SEED), device=self.device,
-                       clip=True)
+                       clip=True, prior_std=None if self.prior is None else self.prior.std(mel))
         rate = self.config.audio.sample_rate
         for i in range(count):
             monitor.audio(self.step, f"sample/{i}/generated", audio[i].cpu(), rate)

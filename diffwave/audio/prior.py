@@ -1,0 +1,108 @@
+"""PriorGrad's data-dependent prior: one noise standard deviation per audio sample, from the mel's frame energy.
+
+PriorGrad (Lee et al., ICLR 2022) draws the forward noise from N(0, Sigma), Sigma = diag(S^2), with S following
+the loudness of the speech, so the reverse chain starts from noise already shaped like the utterance's envelope
+and the network has less to learn. S is made per mel frame and then per sample:
+
+1. Magnitudes: undo the preset's compression in every mel bin. ``hifigan`` stores ln(max(M, 1e-5)), so
+   M = exp(mel); ``lmnt`` stores clamp((20 log10 M - 20 + 100) / 100, 0, 1), so M = 10^(5 mel - 4), in
+   [1e-4, 10] (its 1/sqrt(sum(window^2)) scale is absorbed by step 3).
+2. Frame energy: e = sqrt(sum over the mel bins of M), the reference code's energy for its HiFi-GAN mels.
+3. Normalisation with statistics of the training corpus (`DiffusionConfig.prior_energy_min/max`, stored in
+   the checkpoint's config): S = clamp((e - e_min) / (e_max - e_min), floor, 1), floor = 0.1 as in PriorGrad.
+   e_min is the quietest training frame; e_max is the 99.9th percentile of the training frames rather than
+   the loudest one, so one click does not shrink every other frame's S (the reference clips its energy at a
+   hand-set 4 for the same reason; on LJSpeech our hifigan percentile is 4.2). S <= 1: the prior is never
+   wider than the standard one.
+4. S of frame f is held over its hop, samples [f * hop, (f + 1) * hop), as the reference does.
+
+Each frame's S depends only on that frame, so a window of a long mel gets exactly the slice of the whole
+utterance's S, and chunked synthesis still equals unchunked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffwave.config import AudioConfig, Config
+from diffwave.errors import ConfigError
+
+ENERGY_QUANTILE = 0.999  # e_max: this quantile of the training frames' energies (see the module doc)
+
+
+def mel_magnitudes(mel: Tensor, config: AudioConfig) -> Tensor:
+    """The mel filterbank magnitudes M that the preset compressed into `mel` (step 1 of the module doc)."""
+    if config.mel_preset == "lmnt":
+        return torch.pow(10.0, 5.0 * mel - 4.0)
+    return mel.exp()
+
+
+def frame_energy(mel: Tensor, config: AudioConfig) -> Tensor:
+    """[..., n_mels, frames] -> [..., frames]: sqrt of the summed mel magnitudes of each frame.
+
+    Each frame is summed as one contiguous row, so its energy does not depend on the other frames in the
+    tensor (a reduction across columns may group them differently for another width): a window's energies
+    are bit for bit the slice of the whole utterance's."""
+    return mel_magnitudes(mel, config).transpose(-1, -2).contiguous().sum(dim=-1).sqrt()
+
+
+def corpus_energy_range(mels: Iterable[Tensor | np.ndarray], config: AudioConfig) -> tuple[float, float]:
+    """(e_min, e_max) of the frame energies of a corpus's mels ([n_mels, frames] each), in float64."""
+    energies = [frame_energy(torch.from_numpy(np.array(mel, dtype=np.float64)), config).numpy()
+                for mel in mels]
+    if not energies or sum(e.size for e in energies) == 0:
+        raise ConfigError("diffusion.prior is 'priorgrad', but the training split has no mel frames to take its "
+                          "energy statistics from")
+    values = np.concatenate(energies)
+    low, high = float(values.min()), float(np.quantile(values, ENERGY_QUANTILE))
+    if not high > low * (1 + 1e-6):  # the quantile's interpolation may round a constant up by an ulp
+        raise ConfigError(f"diffusion.prior is 'priorgrad', but every training frame has the same energy ({low:.4g}): "
+                          "the corpus is silent or constant, so it defines no envelope")
+    return low, high
+
+
+def with_corpus_statistics(config: Config, mels: Iterable[Tensor | np.ndarray]) -> Config:
+    """`config` with the priorgrad statistics of the training mels filled in; unchanged (and `mels` never
+    read) for the standard prior or when they are already set (a resumed run keeps its own)."""
+    diffusion = config.diffusion
+    if diffusion.prior != "priorgrad" or diffusion.prior_energy_max is not None:
+        return config
+    low, high = corpus_energy_range(mels, config.audio)
+    return dataclasses.replace(config, diffusion=dataclasses.replace(diffusion, prior_energy_min=low,
+                                                                     prior_energy_max=high))
+
+
+@dataclass(frozen=True)
+class EnergyPrior:
+    """PriorGrad's S for mels of one audio config, normalised with one corpus's energy range."""
+
+    audio: AudioConfig
+    energy_min: float
+    energy_max: float
+    floor: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> EnergyPrior | None:
+        """The prior `config` asks for: None for the standard N(0, I)."""
+        diffusion = config.diffusion
+        if diffusion.prior != "priorgrad":
+            return None
+        if diffusion.prior_energy_min is None or diffusion.prior_energy_max is None:
+            raise ConfigError("diffusion.prior is 'priorgrad', but diffusion.prior_energy_min/max (the training "
+                              "corpus's frame-energy statistics, set when training starts) are missing")
+        return cls(config.audio, diffusion.prior_energy_min, diffusion.prior_energy_max, diffusion.prior_floor)
+
+    def frame_std(self, mel: Tensor) -> Tensor:
+        """[..., n_mels, frames] -> S per frame [..., frames], in [floor, 1]."""
+        energy = frame_energy(mel.float(), self.audio)
+        return ((energy - self.energy_min) / (self.energy_max - self.energy_min)).clamp(self.floor, 1.0)
+
+    def std(self, mel: Tensor) -> Tensor:
+        """[..., n_mels, frames] -> S per audio sample [..., frames * hop], each frame's S held over its hop."""
+        return self.frame_std(mel).repeat_interleave(self.audio.hop_length, dim=-1)

@@ -1,0 +1,239 @@
+"""PriorGrad's prior from the mel (audio/prior.py), its config, and its use by the trainer and the vocoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffwave.audio import LogMel
+from diffwave.audio.prior import ENERGY_QUANTILE, EnergyPrior, corpus_energy_range, frame_energy, mel_magnitudes
+from diffwave.config import AudioConfig, config_from_dict, config_to_dict, load_config
+from diffwave.diffusion import ddim, fast_schedule, sample
+from diffwave.errors import ConfigError
+from diffwave.inference import Vocoder
+from diffwave.inference.chunking import PositionalNoise
+from diffwave.training.checkpoint import load_checkpoint
+from diffwave.training.distributed import init_distributed
+from diffwave.training.run import train
+from diffwave.training.trainer import Trainer, prepare_run_dir
+from tests.audio_fixtures import harmonic_tone
+
+RATE = 8000
+QUIET = ["train.log_every=100000", "train.valid_every=100000", "train.sample_every=100000",
+         "data.valid_fraction=0.1", "data.test_fraction=0.05"]
+PRIORGRAD = ["diffusion.prior=priorgrad"]
+HIFIGAN, LMNT = AudioConfig(), AudioConfig(mel_preset="lmnt", f_min=20.0, f_max=None)
+
+
+def _training_energies(features: Path, config: AudioConfig) -> np.ndarray:
+    """Every training frame's energy, written out here: sqrt of the summed exp(log-mel) (hifigan preset)."""
+    assert config.mel_preset == "hifigan"
+    ids = (features / "train.txt").read_text().split()
+    return np.concatenate([np.sqrt(np.exp(np.load(features / "mel" / f"{i}.npy").astype(np.float64)).sum(0))
+                           for i in ids])
+
+
+# --- the mel -> standard deviation map ----------------------------------------------------------------
+@pytest.mark.parametrize("config", [HIFIGAN, LMNT], ids=["hifigan", "lmnt"])
+def test_magnitudes_invert_each_presets_compression(config):
+    """The presets' published compressions, written here: hifigan ln(M); lmnt (20 log10 M - 20 + 100) / 100."""
+    magnitudes = torch.logspace(-3.9, 0.9, 50, dtype=torch.float64).reshape(5, 10)  # inside lmnt's [1e-4, 10]
+    mel = magnitudes.log() if config.mel_preset == "hifigan" else (20 * magnitudes.log10() - 20 + 100) / 100
+    torch.testing.assert_close(mel_magnitudes(mel, config), magnitudes, rtol=1e-12, atol=0)
+    assert torch.allclose(frame_energy(mel, config), magnitudes.sum(dim=0).sqrt(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("config", [HIFIGAN, LMNT], ids=["hifigan", "lmnt"])
+def test_frame_energy_of_a_real_mel_follows_the_loudness(config):
+    """Each preset's own mel of a tone that is loud, then 20 dB quieter, then silent: energies in that order."""
+    tone = harmonic_tone(config.sample_rate, 0.5, noise=0.0)
+    audio = torch.from_numpy(np.concatenate([tone, 0.1 * tone, np.zeros_like(tone)]))
+    energy = frame_energy(LogMel(config)(audio), config)
+    third = energy.numel() // 3
+    loud, quiet, silent = energy[5:third - 5].mean(), energy[third + 5:2 * third - 5].mean(), energy[-third + 5:]
+    assert loud > 2 * quiet > 4 * silent.max()
+
+
+def test_std_is_normalised_floored_capped_and_held_over_each_hop():
+    audio = dataclasses.replace(HIFIGAN, hop_length=4)
+    prior = EnergyPrior(audio, energy_min=1.0, energy_max=3.0, floor=0.1)
+    energies = torch.tensor([1.0, 1.1, 2.0, 2.5, 3.0, 9.0])  # -> 0, 0.05, 0.5, 0.75, 1, 4 before clamping
+    mel = (energies**2 / audio.n_mels).log().expand(audio.n_mels, -1)  # equal bins: sum exp = energy^2
+    expected = torch.tensor([0.1, 0.1, 0.5, 0.75, 1.0, 1.0])
+    torch.testing.assert_close(prior.frame_std(mel), expected, rtol=1e-5, atol=1e-6)
+    std = prior.std(mel.unsqueeze(0).expand(2, -1, -1))
+    assert std.shape == (2, 6 * 4)
+    torch.testing.assert_close(std[1].reshape(6, 4), expected[:, None].expand(6, 4), rtol=1e-5, atol=1e-6)
+
+
+def test_corpus_range_is_the_minimum_and_a_high_quantile(tiny_features):
+    config = load_config("tiny").audio
+    ids = (tiny_features / "train.txt").read_text().split()
+    low, high = corpus_energy_range((np.load(tiny_features / "mel" / f"{i}.npy") for i in ids), config)
+    energies = _training_energies(tiny_features, config)
+    assert low == pytest.approx(energies.min(), rel=1e-12)
+    assert high == pytest.approx(np.quantile(energies, ENERGY_QUANTILE), rel=1e-12)
+    assert energies.min() < high < energies.max()
+
+
+def test_a_silent_or_empty_corpus_has_no_range():
+    silent = np.full((HIFIGAN.n_mels, 20), math.log(1e-5), dtype=np.float32)
+    with pytest.raises(ConfigError, match="same energy"):
+        corpus_energy_range([silent, silent], HIFIGAN)
+    with pytest.raises(ConfigError, match="no mel frames"):
+        corpus_energy_range([], HIFIGAN)
+
+
+# --- config -------------------------------------------------------------------------------------------
+def test_config_choices_and_refusals():
+    assert load_config("base").diffusion.prior == "standard"
+    assert load_config("base", PRIORGRAD).diffusion.prior == "priorgrad"
+    with pytest.raises(ConfigError, match="unconditional.*diffusion.prior=standard"):
+        load_config("unconditional", PRIORGRAD)
+    with pytest.raises(ConfigError, match="expected one of: standard, priorgrad"):
+        load_config("base", ["diffusion.prior=gaussian"])
+    with pytest.raises(ConfigError, match="prior_floor"):
+        load_config("base", ["diffusion.prior_floor=0"])
+    with pytest.raises(ConfigError, match="prior_energy_min/max"):
+        load_config("base", ["diffusion.prior_energy_min=2.0", "diffusion.prior_energy_max=1.0"])
+    with pytest.raises(ConfigError, match="prior_energy_min/max.*missing"):
+        EnergyPrior.from_config(load_config("base", PRIORGRAD))
+    assert EnergyPrior.from_config(load_config("base")) is None
+
+
+# --- training -----------------------------------------------------------------------------------------
+def _trainer(features: Path, run_dir: Path, *overrides: str) -> Trainer:
+    checkpoint = prepare_run_dir(run_dir, resume=False, overwrite=False)
+    config = load_config("tiny", [*QUIET, "train.save_every=3", "train.max_steps=3", *overrides])
+    return Trainer(config, features, run_dir, init_distributed("cpu"), resume_from=checkpoint)
+
+
+def test_a_fresh_run_stores_the_corpus_statistics_in_its_checkpoints(tiny_features, tmp_path):
+    trainer = _trainer(tiny_features, tmp_path / "run", *PRIORGRAD)
+    trainer.fit()
+    saved = config_from_dict(load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000003.pt")["config"])
+    energies = _training_energies(tiny_features, saved.audio)
+    assert saved.diffusion.prior_energy_min == pytest.approx(energies.min(), rel=1e-12)
+    assert saved.diffusion.prior_energy_max == pytest.approx(np.quantile(energies, ENERGY_QUANTILE), rel=1e-12)
+    standard = _trainer(tiny_features, tmp_path / "standard")
+    assert standard.prior is None and standard.config.diffusion.prior_energy_max is None
+
+
+def test_training_noise_is_shaped_by_the_prior_and_the_loss_weighted(tiny_features, tmp_path):
+    """Recover the noise from the x_t the network sees: divided by S it is standard normal, undivided it is not;
+    the step's loss is the S^-1-weighted error of the network's output against that noise."""
+    trainer = _trainer(tiny_features, tmp_path / "run", *PRIORGRAD, "train.batch_size=8")
+    seen = {}
+    trainer.estimator.register_forward_hook(lambda module, args, out: seen.update(x_t=args[0], t=args[1], out=out))
+    batch = next(iter(trainer._loader()))
+    loss = trainer._train_step(batch)[0]
+    abar = trainer.schedule.alpha_bars[seen["t"].long()].float()[:, None]
+    noise = (seen["x_t"] - abar.sqrt() * batch["audio"]) / (1 - abar).sqrt()
+    std = trainer.prior.std(batch["mel"])
+    assert (noise / std).var().item() == pytest.approx(1.0, abs=0.05)
+    assert noise.var().item() == pytest.approx(std.square().mean().item(), rel=0.05)
+    assert std.square().mean().item() < 0.5  # so the two checks above tell the prior from N(0, I)
+    expected = ((seen["out"].detach() - noise) / std).square().mean().item()
+    assert loss == pytest.approx(expected, rel=1e-4)
+
+
+class _UnitPrior:
+    """A prior of ones: the priorgrad code path with S = 1, which must be the standard one bit for bit."""
+
+    def std(self, mel: torch.Tensor) -> torch.Tensor:
+        return torch.ones(*mel.shape[:-2], mel.shape[-1] * 64)
+
+
+def test_standard_training_equals_the_prior_path_with_unit_std_bit_for_bit(tiny_features, tmp_path):
+    runs = []
+    for name, prior in (("standard", None), ("ones", _UnitPrior())):
+        trainer = _trainer(tiny_features, tmp_path / name, "train.valid_every=2", "train.num_samples=0")
+        trainer.prior = prior
+        result = trainer.fit()
+        runs.append((result.losses, trainer.validation_loss(), trainer.model.state_dict()))
+    (losses_a, valid_a, weights_a), (losses_b, valid_b, weights_b) = runs
+    assert losses_a == losses_b and valid_a == valid_b
+    assert all(torch.equal(weights_a[key], weights_b[key]) for key in weights_a)
+
+
+# --- vocoding -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def priorgrad_vocoder(tiny_features: Path, tmp_path_factory: pytest.TempPathFactory) -> Vocoder:
+    run_dir = tmp_path_factory.mktemp("priorgrad") / "run"
+    train(load_config("tiny", ["train.max_steps=150", "train.save_every=150", *QUIET, *PRIORGRAD]), tiny_features,
+          run_dir, device="cpu")
+    return Vocoder.from_checkpoint(run_dir / "checkpoints" / "step_00000150.pt", device="cpu")
+
+
+def _mel(vocoder: Vocoder, seconds: float) -> torch.Tensor:
+    """A tone with a loud half and a quiet half, so the prior varies along it."""
+    tone = harmonic_tone(RATE, seconds, f0=180.0)
+    tone[len(tone) // 2:] *= 0.05
+    return vocoder.mel(tone, RATE)
+
+
+def test_vocoder_reads_the_prior_from_the_checkpoint(priorgrad_vocoder, tiny_features):
+    prior = priorgrad_vocoder.prior
+    energies = _training_energies(tiny_features, priorgrad_vocoder.config.audio)
+    assert prior is not None and prior.energy_min == pytest.approx(energies.min(), rel=1e-12)
+    std = prior.frame_std(_mel(priorgrad_vocoder, 0.5))
+    assert std.max() > 3 * std.min()
+
+
+def test_vocoder_loop_matches_the_sampler_under_the_prior(priorgrad_vocoder):
+    """The vocoder's in-place loop against `sample(prior_std=S)` fed the same positional noise, every step
+    noisy: x_T and each fresh draw must be scaled by the same S."""
+    vocoder = priorgrad_vocoder
+    mel = _mel(vocoder, 0.3)
+    frames = mel.shape[-1]
+    length = frames * vocoder.hop_length
+    std = vocoder.prior.std(mel).unsqueeze(0)
+    source = PositionalNoise(9)
+    for plan in (fast_schedule(vocoder.schedule, "base"), ddim(vocoder.schedule, 8, eta=1.0)):
+        with torch.inference_mode():
+            mine = vocoder._reverse_chain(plan, [mel], [PositionalNoise(9)], [(0, frames)])
+            cond = vocoder.model.condition(mel.unsqueeze(0))
+            reference = sample(plan, lambda x, t, cond=cond: vocoder.model(x, t, cond), (1, length),
+                               noise_fn=lambda i: source.fill(torch.empty(length), i, 0).unsqueeze(0), prior_std=std)
+            ignored = sample(plan, lambda x, t, cond=cond: vocoder.model(x, t, cond), (1, length),
+                             noise_fn=lambda i: source.fill(torch.empty(length), i, 0).unsqueeze(0))
+        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=0)
+        assert (mine - ignored).abs().max() > 1e-2
+
+
+def test_chunked_vocoding_under_the_prior_equals_unchunked(priorgrad_vocoder):
+    vocoder = priorgrad_vocoder
+    mel = _mel(vocoder, 1.0)  # 125 frames -> 4 windows of 32 frames
+    with torch.inference_mode():
+        whole = vocoder._prior_std([mel], [(0, mel.shape[-1])], mel.shape[-1] * 64)
+        for start, stop in ((0, 40), (24, 72), (88, 125)):
+            window = vocoder._prior_std([mel], [(start, stop)], (stop - start) * 64)
+            assert torch.equal(window[0], whole[0, start * 64:stop * 64])
+    unchunked = vocoder.vocode(mel, sampler="ddim", generator=torch.Generator().manual_seed(6), chunk_seconds=None)
+    chunked = vocoder.vocode(mel, sampler="ddim", generator=torch.Generator().manual_seed(6), chunk_seconds=0.256,
+                             overlap_seconds=0.064)
+    assert (chunked - unchunked).abs().max() < 1e-2
+    hard_cuts = vocoder.vocode(mel, sampler="ddim", generator=torch.Generator().manual_seed(6), chunk_seconds=0.256,
+                               overlap_seconds=0.0)
+    assert (hard_cuts - unchunked).abs().max() > 1e-2  # the comparison above can fail
+
+
+def test_standard_vocoding_equals_the_prior_path_with_unit_std_bit_for_bit(priorgrad_vocoder):
+    vocoder = Vocoder(priorgrad_vocoder.model, load_config("tiny"), device="cpu")
+    mel = _mel(vocoder, 0.6)
+    standard = vocoder.vocode(mel, generator=torch.Generator().manual_seed(2), chunk_seconds=0.256,
+                              overlap_seconds=0.064)
+    vocoder.prior = _UnitPrior()
+    ones = vocoder.vocode(mel, generator=torch.Generator().manual_seed(2), chunk_seconds=0.256, overlap_seconds=0.064)
+    assert torch.equal(standard, ones)
+
+
+def test_checkpoint_config_round_trips_the_prior():
+    config = load_config("tiny", [*PRIORGRAD, "diffusion.prior_energy_min=0.1", "diffusion.prior_energy_max=4.0"])
+    again = config_from_dict(config_to_dict(config))
+    assert EnergyPrior.from_config(again) == EnergyPrior(again.audio, 0.1, 4.0, 0.1)
