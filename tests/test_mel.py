@@ -82,7 +82,7 @@ def test_lmnt_matches_the_reference_code() -> None:
 
 
 def reference_preprocess(path: Path, sample_rate: int, n_fft: int, hop: int, n_mels: int) -> torch.Tensor:
-    """lmnt-com/diffwave's preprocess as its README and issue describe it, written out here: the file's first
+    """lmnt-com/diffwave's preprocess as issue 13 states it, written out here: the file's first
     channel as float in [-1, 1], clamped; MelSpectrogram(win 4 hops, 20 Hz to Nyquist, power 1, normalized);
     20 log10(max(x, 1e-5)) - 20; clamp((x + 100) / 100, 0, 1)."""
     samples, rate = sf.read(path, dtype="float32", always_2d=True)
