@@ -285,20 +285,32 @@ class DiffWave(nn.Module):
                 torch.addmm(projection.bias, upsampled[row].t(), projection.weight[:, :, 0].t(), out=out[row, i].t())
         return out
 
-    def _check_conditioning(self, x: Tensor, cond: Tensor | None) -> None:
+    def _check_conditioning(self, x: Tensor, cond: Tensor | None, mel: Tensor | None) -> None:
         if self.n_mels is None:
-            if cond is not None:
-                raise ValueError("the unconditional model takes no conditioning; pass cond=None")
+            if cond is not None or mel is not None:
+                raise ValueError("the unconditional model takes no conditioning; pass neither cond nor mel")
             return
-        if cond is None:
-            raise ValueError("the conditional model needs cond=model.condition(mel)")
+        if (cond is None) == (mel is None):
+            raise ValueError("the conditional model needs one of cond=model.condition(mel) or mel=mel")
+        if mel is not None:
+            if mel.ndim != 3 or mel.shape[1] != self.n_mels or mel.shape[2] * self.hop_length != x.shape[1]:
+                raise ValueError(f"mel has shape {tuple(mel.shape)} but audio of shape {tuple(x.shape)} needs "
+                                 f"[{x.shape[0]}, {self.n_mels}, {x.shape[1] / self.hop_length:g}] (mel frames * "
+                                 "hop_length must equal the audio length)")
+            return
         expected = (x.shape[0], len(self.residual_layers), 2 * self.residual_channels, x.shape[1])
         if tuple(cond.shape) != expected:
             raise ValueError(f"cond has shape {tuple(cond.shape)} but audio of shape {tuple(x.shape)} needs "
                              f"{expected} (mel frames * hop_length must equal the audio length)")
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        """Noise estimate [B, N] for x [B, N] at steps t [B]; cond comes from `condition`, never recomputed.
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None, mask: Tensor | None = None, *,
+                mel: Tensor | None = None) -> Tensor:
+        """Noise estimate [B, N] for x [B, N] at steps t [B], conditioned on `cond` from `condition` (samplers:
+        computed once, reused at every step) or on `mel` [B, n_mels, F] itself (training: one step per mel).
+
+        Given `mel`, each layer projects the upsampled mel itself, as the paper draws it: under autograd the
+        stacked [B, L, 2C, N] conditioning would hold L layers' worth of memory, and the backward of reading
+        layer i's slice of it fills a zero gradient of the whole stack once per layer (O(L^2) traffic).
 
         Float steps between integers are accepted because DiffWave's fast sampler needs them. `mask` (bool
         [B, N], True on real samples) makes a padded batch behave like separate utterances: the dilated
@@ -312,16 +324,21 @@ class DiffWave(nn.Module):
         if mask is not None and (mask.shape != x.shape or mask.dtype != torch.bool):
             raise ValueError(f"mask must be a bool tensor of shape {tuple(x.shape)}, got {mask.dtype} "
                              f"{tuple(mask.shape)}")
-        self._check_conditioning(x, cond)
+        self._check_conditioning(x, cond, mel)
         h = F.relu(self.input_projection(x.unsqueeze(1)))
         step_embedding = self.diffusion_embedding(t)
         if self._tiles_apply(x):
-            skip_sum = self._tiled_layers(h, step_embedding, cond, mask)
+            skip_sum = self._tiled_layers(h, step_embedding, cond if mel is None else self.condition(mel), mask)
         else:
             skip_sum = None
             layer_mask = None if mask is None else mask.unsqueeze(1)
+            upsampled = None if mel is None else self.spectrogram_upsampler(mel)
             for i, layer in enumerate(self.residual_layers):
-                h, skip = layer(h, step_embedding, None if cond is None else cond[:, i], layer_mask)
+                if upsampled is not None:
+                    conditioning = layer.conditioner_projection(upsampled)
+                else:
+                    conditioning = None if cond is None else cond[:, i]
+                h, skip = layer(h, step_embedding, conditioning, layer_mask)
                 skip_sum = skip if skip_sum is None else skip_sum + skip
         h = skip_sum / math.sqrt(len(self.residual_layers))
         h = F.relu(self.skip_projection(h))

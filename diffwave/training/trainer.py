@@ -61,7 +61,7 @@ class NoiseEstimator(nn.Module):
         self.model = model
 
     def forward(self, x_t: Tensor, t: Tensor, mel: Tensor | None) -> Tensor:
-        return self.model(x_t, t, None if mel is None else self.model.condition(mel))
+        return self.model(x_t, t, mel=mel)
 
 
 class _EmaWithWarmup:
