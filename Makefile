@@ -1,9 +1,10 @@
 # The two commands a user needs: `make demo` and `make test`. Each sets up .venv first.
+# `make demo` vocodes held-out speech with the shipped voice; `make demo-train` runs the training quickstart.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo lint clean
+.PHONY: test demo demo-train lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +16,9 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 demo: $(VENV)/.installed
+	$(PY) recipes/demo/run.py --out exp/demo
+
+demo-train: $(VENV)/.installed
 	bash recipes/quickstart/run.sh
 
 lint: $(VENV)/.installed

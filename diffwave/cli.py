@@ -69,7 +69,8 @@ _VOCODE_DESCRIPTION = ("Vocode mel spectrograms (.npy or .pt, [n_mels, frames]; 
 
 def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="mel files, audio files or folders")
-    parser.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
+    parser.add_argument("--checkpoint", help=f"{_CHECKPOINT_HELP} (default: the pretrained model shipped with the "
+                                             "package; `diffwave pretrained` lists them)")
     parser.add_argument("-o", "--out", required=True, help=_OUT_HELP)
     parser.add_argument("--sampler", choices=("fast", "ddim", "ddpm"), default="fast",
                         help="fast: DiffWave's short schedule (default); ddim: --steps deterministic steps; "
@@ -99,12 +100,32 @@ def _vocode_command(args: argparse.Namespace) -> int | None:
     from diffwave.inference.vocoder import Vocoder
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    vocoder = Vocoder.from_checkpoint(args.checkpoint, device=args.device, dtype=dtype)
+    if args.checkpoint is None:
+        from diffwave import pretrained
+
+        model = pretrained.find()
+        logging.getLogger("diffwave.vocode").info("no --checkpoint given: using the pretrained model '%s' (%s)",
+                                                  model.name, model.path)
+        vocoder = Vocoder.from_pretrained(model.name, device=args.device, dtype=dtype)
+    else:
+        vocoder = Vocoder.from_checkpoint(args.checkpoint, device=args.device, dtype=dtype)
     summary = vocode_files(vocoder, args.inputs, args.out, sampler=args.sampler, steps=args.steps,
                            schedule=_parse_schedule(args.schedule), batch_size=args.batch_size, seed=args.seed,
                            force=args.force)
     print(f"vocode: {summary.line()}; wavs in {args.out}")
     return 2 if summary.failures else None
+
+
+def _pretrained_command(args: argparse.Namespace) -> None:
+    from diffwave import pretrained
+
+    models = pretrained.shipped()
+    if not models:
+        print(f"pretrained: no model is shipped in {pretrained.pretrained_dir()}")
+    for model in models:
+        size = f"{model.path.stat().st_size / 1e6:.1f} MB" if model.path.is_file() else "file missing"
+        print(f"{model.name}{' (default)' if model.default else ''}: {model.description} [{size}; card: "
+              f"{model.card_path}]")
 
 
 def _generate_command(args: argparse.Namespace) -> None:
@@ -209,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  description=_VOCODE_DESCRIPTION)
     _add_vocode_arguments(vocode)
     vocode.set_defaults(handler=_vocode_command)
+
+    shipped = commands.add_parser("pretrained", help="list the pretrained models shipped with the package",
+                                  description="List the shipped models (name, description, size, model card); "
+                                              "vocode without --checkpoint uses the default one.")
+    shipped.set_defaults(handler=_pretrained_command)
 
     gen = commands.add_parser("generate", help="unconditional generation: N clips from noise",
                               description="Generate audio clips with an unconditional checkpoint "

@@ -107,6 +107,15 @@ class Vocoder:
                     config.audio.sample_rate, vocoder.device, vocoder.dtype)
         return vocoder
 
+    @classmethod
+    def from_pretrained(cls, name: str | None = None, device: torch.device | str | None = None,
+                        dtype: torch.dtype | str | None = None) -> Vocoder:
+        """A model shipped with the package (`diffwave pretrained` lists them; None: the default one), after
+        checking its file against the sha256 in the package's manifest."""
+        from diffwave import pretrained
+
+        return cls.from_checkpoint(pretrained.verified_path(pretrained.find(name)), device, dtype)
+
     @property
     def config(self) -> Config:
         return self._config

@@ -1,0 +1,124 @@
+"""The demo (`make demo`): the pretrained voice on real held-out speech, next to Griffin-Lim, as a web page.
+
+Usage (from the repository root):
+    python recipes/demo/run.py [--out exp/demo] [--model NAME | --checkpoint PATH] [--crop-seconds S] [--limit N]
+
+For each bundled clip (recipes/demo/clips: LJSpeech LJ001-0001..0004, never seen in training; see CREDITS.md)
+it takes the model's mel of the recording, vocodes it with DiffWave (6 fast steps) and with Griffin-Lim
+(100 iterations), and writes OUT/<clip>/{reference,diffwave,griffin_lim}.wav and OUT/<clip>/mels.png, then
+OUT/index.html (players, mel images, the metrics table of `diffwave.pretrained.heldout`) and OUT/metrics.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from diffwave import pretrained  # noqa: E402
+from diffwave.audio import LogMel, write_audio  # noqa: E402
+from diffwave.errors import DiffwaveError  # noqa: E402
+from diffwave.fileio import atomic_write  # noqa: E402
+from diffwave.inference.vocoder import Vocoder  # noqa: E402
+from diffwave.pretrained import heldout  # noqa: E402
+
+CLIPS = Path(__file__).resolve().parent / "clips"
+PLAYERS = {"reference": "reference (recording)", **heldout.SYSTEMS}
+
+
+def mel_image(path: Path, result: heldout.ClipResult, front_end: LogMel) -> None:
+    """The three log-mels of a clip, one above the other, on the reference's colour scale."""
+    mels = {"reference": front_end(result.reference)} | {s: front_end(a) for s, a in result.audio.items()}
+    low, high = mels["reference"].min().item(), mels["reference"].max().item()
+    figure, axes = plt.subplots(len(mels), 1, figsize=(10, 2.2 * len(mels)), sharex=True)
+    for axis, (system, mel) in zip(axes, mels.items(), strict=True):
+        axis.imshow(mel.numpy(), origin="lower", aspect="auto", vmin=low, vmax=high, cmap="magma")
+        axis.set_title(f"{result.id}: {PLAYERS[system]}", fontsize=9)
+        axis.set_ylabel("mel bin")
+    axes[-1].set_xlabel("frame")
+    figure.tight_layout()
+    with atomic_write(path) as temp:
+        figure.savefig(temp, dpi=60, format="png")
+    plt.close(figure)
+
+
+def page(title: str, setup: str, results: list[heldout.ClipResult]) -> str:
+    """index.html: per clip, the players and the mel image; then the metrics table."""
+    parts = [f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:60em;margin:auto} td,th{padding:2px 8px;"
+             "text-align:right} figure{display:inline-block;margin:4px 12px 4px 0}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(setup)}.</p>"]
+    for result in results:
+        clip = html.escape(result.id)
+        parts.append(f"<h2>{clip}</h2>")
+        for system, label in PLAYERS.items():
+            parts.append(f"<figure><figcaption>{html.escape(label)}</figcaption>"
+                         f"<audio controls preload='none' src='{clip}/{system}.wav'></audio></figure>")
+        parts.append(f"<p><img src='{clip}/mels.png' alt='log-mels of {clip}' width='100%'></p>")
+    parts.append("<h2>Metrics</h2><table><tr><th>clip</th><th>system</th>"
+                 + "".join(f"<th>{html.escape(label)}</th>" for label in heldout.METRICS.values()) + "</tr>")
+    rows = [(r.id, r.scores) for r in results] + [("mean", heldout.means(results))]
+    for clip, scores in rows:
+        for system, label in heldout.SYSTEMS.items():
+            cells = "".join(f"<td>{scores[system][m]:.3f}</td>" for m in heldout.METRICS)
+            parts.append(f"<tr><td>{html.escape(clip)}</td><td>{html.escape(label)}</td>{cells}</tr>")
+    parts.append("</table><p>Clips: LJSpeech (public domain), see recipes/demo/clips/CREDITS.md.</p></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def run(out: Path, vocoder: Vocoder, clips: dict, title: str) -> Path:
+    """Write the demo for `clips` into `out`; returns the page."""
+    results = heldout.compare(vocoder, clips)
+    front_end = LogMel(vocoder.config.audio)
+    for result in results:
+        folder = out / result.id
+        folder.mkdir(parents=True, exist_ok=True)
+        for system, audio in {"reference": result.reference, **result.audio}.items():
+            write_audio(folder / f"{system}.wav", audio, vocoder.sample_rate)
+        mel_image(folder / "mels.png", result, front_end)
+    index = out / "index.html"
+    with atomic_write(index) as temp:
+        temp.write_text(page(title, heldout.describe_setup(vocoder, clips), results))
+    with atomic_write(out / "metrics.md") as temp:
+        temp.write_text(heldout.markdown_table(results) + "\n")
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Vocode held-out speech with a pretrained DiffWave and Griffin-Lim.")
+    parser.add_argument("--out", type=Path, default=Path("exp/demo"))
+    parser.add_argument("--clips", type=Path, default=CLIPS, help="folder of .flac/.wav clips")
+    parser.add_argument("--model", help="a shipped model (default: the default one; see `diffwave pretrained`)")
+    parser.add_argument("--checkpoint", help="a checkpoint or .safetensors instead of a shipped model")
+    parser.add_argument("--crop-seconds", type=float, help="keep only the first S seconds of each clip")
+    parser.add_argument("--limit", type=int, help="use only the first N clips")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    try:
+        if args.checkpoint:
+            vocoder, title = Vocoder.from_checkpoint(args.checkpoint, device="cpu"), args.checkpoint
+        else:
+            name = pretrained.find(args.model).name
+            vocoder, title = Vocoder.from_pretrained(name, device="cpu"), f"the pretrained model '{name}'"
+        clips = heldout.read_clips(args.clips, vocoder.sample_rate, args.crop_seconds, args.limit)
+        args.out.mkdir(parents=True, exist_ok=True)
+        index = run(args.out, vocoder, clips, f"DiffWave ({title}) and Griffin-Lim on held-out speech")
+    except DiffwaveError as error:
+        print(f"demo: error: {error}", file=sys.stderr)
+        return 2
+    print((args.out / "metrics.md").read_text(), end="")
+    print(f"demo: {len(clips)} clips in {time.perf_counter() - start:.0f} s; open {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Ship a training checkpoint as the package's pretrained voice: export, evaluate, write the card and manifest.
+
+Usage (from the repository root; recipes/pretrained/ship.sh runs this with the project's venv):
+    python recipes/pretrained/ship.py [CHECKPOINT] [--run-dir /work/voice/run] [--name voice]
+
+CHECKPOINT defaults to the newest checkpoint of --run-dir (its `latest` pointer). The EMA weights are
+exported with `diffwave export` into a work folder, checked against the size limit, scored on the bundled
+held-out clips (recipes/demo/clips) against Griffin-Lim of the same mels (`diffwave.pretrained.heldout`), and
+only then copied into diffwave/pretrained/ with the model card, the quality curve and the manifest entry. The
+training budget comes from the run's TensorBoard logs: wall time is the sum of the logged intervals
+(train.log_every steps over train/steps_per_sec) up to the checkpoint's step, and CPU-hours are that times
+--cores (the cores the run had).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import logging
+import shutil
+import string
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from diffwave import cli, pretrained  # noqa: E402
+from diffwave.config import config_from_dict, config_to_yaml  # noqa: E402
+from diffwave.errors import DiffwaveError  # noqa: E402
+from diffwave.fileio import atomic_write  # noqa: E402
+from diffwave.inference.vocoder import Vocoder  # noqa: E402
+from diffwave.pretrained import PretrainedModel, heldout  # noqa: E402
+from diffwave.training.checkpoint import latest_checkpoint, load_safetensors  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+MAX_BYTES = 15 * 10**6
+README_START, README_END = "<!-- pretrained-metrics:start", "<!-- pretrained-metrics:end -->"
+HISTORY_FIELDS = ["step", "wall_hours", "cpu_hours"] + [f"{system}_{metric}" for system in heldout.SYSTEMS
+                                                        for metric in heldout.METRICS]
+logger = logging.getLogger("ship")
+
+
+def training_curve(run_dir: Path, log_every: int) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """([(step, cumulative wall hours)] per logged interval, [(step, valid loss)]) from the run's TensorBoard
+    logs, in the order they were written (a resumed run's repeated steps count again: they were paid for)."""
+    logs = run_dir / "logs"
+    if not logs.is_dir():
+        return [], []
+    events = EventAccumulator(str(logs), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    hours, total = [], 0.0
+    for event in sorted(events.Scalars("train/steps_per_sec") if "train/steps_per_sec" in tags else [],
+                        key=lambda e: e.wall_time):
+        total += log_every / max(event.value, 1e-9) / 3600
+        hours.append((event.step, total))
+    valid = [(e.step, e.value) for e in events.Scalars("valid/loss")] if "valid/loss" in tags else []
+    return hours, valid
+
+
+def hours_at(hours: list[tuple[int, float]], step: int) -> float:
+    """Wall hours spent up to `step` (the last logged interval at or before it)."""
+    return max([h for s, h in hours if s <= step], default=0.0)
+
+
+def read_history(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file, delimiter="\t"))
+
+
+def write_history(path: Path, rows: list[dict[str, str]]) -> None:
+    with atomic_write(path) as temp, temp.open("w", newline="") as file:
+        writer = csv.DictWriter(file, HISTORY_FIELDS, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda row: int(row["step"])))
+
+
+def history_table(rows: list[dict[str, str]]) -> str:
+    lines = ["| step | wall hours | CPU-hours | log-mel L1 | MR-STFT | PESQ wb | STOI | Griffin-Lim STOI |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        values = [row[f"diffwave_{m}"] for m in ("log_mel_l1", "mr_stft", "pesq_wb", "stoi")]
+        lines.append(f"| {row['step']} | {row['wall_hours']} | {row['cpu_hours']} | " + " | ".join(values)
+                     + f" | {row['griffin_lim_stoi']} |")
+    return "\n".join(lines)
+
+
+def plot_curve(path: Path, hours: list[tuple[int, float]], valid: list[tuple[int, float]],
+               history: list[dict[str, str]], cores: int) -> None:
+    """Validation loss and held-out STOI/PESQ against CPU-hours, as a small PNG."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    points = [(hours_at(hours, step) * cores, loss) for step, loss in valid]
+    left.plot([p[0] for p in points], [p[1] for p in points], "o-", markersize=3)
+    left.set(xlabel="CPU-hours", ylabel="validation loss", title="training")
+    x = [float(row["cpu_hours"]) for row in history]
+    for metric, style in (("stoi", "o-"), ("pesq_wb", "s-")):
+        right.plot(x, [float(row[f"diffwave_{metric}"]) for row in history], style, label=f"DiffWave {metric}")
+        if history:
+            right.axhline(float(history[-1][f"griffin_lim_{metric}"]), linestyle="--", color="grey", linewidth=0.8)
+    right.set(xlabel="CPU-hours", title="held-out (dashed: Griffin-Lim)")
+    right.legend(fontsize=7)
+    figure.tight_layout()
+    with atomic_write(path) as temp:
+        figure.savefig(temp, dpi=72, format="png")
+    plt.close(figure)
+
+
+def corpus_summary(features: Path, heldout_ids: list[str]) -> dict[str, str]:
+    """The card's data counts; refused when a held-out clip is among the run's utterances (any split)."""
+    manifest = json.loads((features / "manifest.json").read_text())
+    leaked = sorted({u["id"] for u in manifest["utterances"]} & set(heldout_ids))
+    if leaked:
+        raise DiffwaveError(f"{features}: the held-out clips {', '.join(leaked)} are in the training features")
+    train = [u for u in manifest["utterances"] if u["split"] == "train"]
+    allison = sum(u["id"].startswith("allison") for u in train)
+    return {"train_clips": str(len(train)),
+            "train_minutes": f"{sum(u['samples'] for u in train) / manifest['audio']['sample_rate'] / 60:.1f}",
+            "corpus_counts": f"{allison} Allison clips and {len(train) - allison} LJSpeech clips"}
+
+
+def readme_block(results: list[heldout.ClipResult], step: int, cpu_hours: float, setup: str) -> str:
+    """The README's copy of the card's mean scores, between its markers."""
+    means = heldout.means(results)
+    lines = [f"Step {step} ({cpu_hours:.1f} CPU-hours of training); {setup}:", "",
+             "| system | " + " | ".join(heldout.METRICS.values()) + " |", "|---|" + "---|" * len(heldout.METRICS)]
+    lines += [f"| {label} | " + " | ".join(f"{means[system][m]:.3f}" for m in heldout.METRICS) + " |"
+              for system, label in heldout.SYSTEMS.items()]
+    return "\n".join(lines)
+
+
+def replace_between_markers(path: Path, text: str) -> None:
+    """Replace what lies between the README's pretrained-metrics markers with `text`."""
+    content = path.read_text()
+    start, end = content.find(README_START), content.find(README_END)
+    if start < 0 or end < start:
+        raise DiffwaveError(f"{path}: the markers {README_START}... and {README_END} are missing")
+    head = content[:content.index("\n", start) + 1]
+    with atomic_write(path) as temp:
+        temp.write_text(head + text + "\n" + content[end:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", nargs="?", help="training checkpoint (default: the newest of --run-dir)")
+    parser.add_argument("--run-dir", type=Path, default=Path("/work/voice/run"), help="the training run folder")
+    parser.add_argument("--features", type=Path, default=Path("/work/voice/features"),
+                        help="the run's feature folder (for the card's data counts)")
+    parser.add_argument("--name", default="voice")
+    parser.add_argument("--clips", type=Path, default=ROOT / "recipes" / "demo" / "clips")
+    parser.add_argument("--cores", type=int, default=2, help="CPU cores the training run had")
+    parser.add_argument("--work", type=Path, default=ROOT / "exp" / "ship", help="scratch folder for the export")
+    parser.add_argument("--target", type=Path, help="where the weights, card and manifest go (default: the package)")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README whose table is rewritten")
+    parser.add_argument("--history", type=Path, default=HERE / "history.tsv", help="held-out scores of each export")
+    parser.add_argument("--crop-seconds", type=float, help="score only the first S seconds of each clip (quick runs)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        ship(args)
+    except DiffwaveError as error:
+        print(f"ship: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def ship(args: argparse.Namespace) -> None:
+    """Export, score and describe first; write into the package only once all of that has worked."""
+    checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.run_dir)
+    if checkpoint is None:
+        raise DiffwaveError(f"{args.run_dir}: no checkpoint yet; pass one")
+    args.work.mkdir(parents=True, exist_ok=True)
+    exported = args.work / f"{args.name}.safetensors"
+    if cli.main(["export", str(checkpoint), str(exported), "--force"]) != 0:
+        raise DiffwaveError(f"{checkpoint}: export failed (see above)")
+    size = exported.stat().st_size
+    if size > MAX_BYTES:
+        raise DiffwaveError(f"{exported}: {size / 1e6:.1f} MB exceeds the {MAX_BYTES / 1e6:.0f} MB limit for shipped "
+                            "weights")
+    weights, values = load_safetensors(exported)
+    config = config_from_dict(values, source=str(exported))
+    step = _step_of(exported)
+
+    vocoder = Vocoder.from_checkpoint(exported, device="cpu")
+    clips = heldout.read_clips(args.clips, vocoder.sample_rate, args.crop_seconds)
+    data = corpus_summary(args.features, list(clips))
+    logger.info("scoring %d held-out clips (DiffWave and Griffin-Lim)", len(clips))
+    results = heldout.compare(vocoder, clips)
+    means = heldout.means(results)
+
+    hours, valid = training_curve(checkpoint.resolve().parent.parent, config.train.log_every)
+    wall = hours_at(hours, step)
+    history_path = args.history
+    row = {"step": str(step), "wall_hours": f"{wall:.2f}", "cpu_hours": f"{wall * args.cores:.2f}"}
+    row |= {f"{system}_{metric}": f"{means[system][metric]:.4f}" for system in heldout.SYSTEMS
+            for metric in heldout.METRICS}
+    history = sorted([old for old in read_history(history_path) if int(old["step"]) != step] + [row],
+                     key=lambda item: int(item["step"]))
+
+    digest, card, curve = pretrained.sha256_of(exported), f"{args.name}.md", f"{args.name}_curve.png"
+    description = (f"DiffWave {config.model.residual_layers} layers x {config.model.residual_channels} channels "
+                   f"({config.diffusion.prior} prior), {config.audio.sample_rate} Hz {config.audio.mel_preset} "
+                   f"mels; Allison + LJSpeech, step {step}")
+    setup = heldout.describe_setup(vocoder, clips)
+    fields = data | {
+        "name": args.name, "description": description, "file": exported.name, "sha256": digest,
+        "size_mb": f"{size / 1e6:.1f}", "parameters": f"{sum(w.numel() for w in weights.values()):,}",
+        "checkpoint": str(checkpoint), "step": str(step), "date": datetime.date.today().isoformat(),
+        "sample_rate": str(config.audio.sample_rate), "heldout": ", ".join(clips),
+        "steps_text": (f"{step} steps of batch {config.train.batch_size} (crops of {config.data.crop_frames} frames), "
+                       f"{wall:.2f} wall-clock hours on {args.cores} CPU cores = {wall * args.cores:.2f} CPU-hours "
+                       "(from the run's TensorBoard logs)."),
+        "curve": f"![validation loss and held-out quality against CPU-hours]({curve})",
+        "config": config_to_yaml(config).strip(), "setup": setup,
+        "metrics": heldout.markdown_table(results), "history": history_table(history),
+        "tried": (HERE / "tried_configs.md").read_text().strip(),
+    }
+    text = string.Template((HERE / "card.md.tmpl").read_text()).substitute(fields)
+
+    target = args.target or pretrained.pretrained_dir()
+    with atomic_write(target / exported.name) as temp:
+        shutil.copyfile(exported, temp)
+    with atomic_write(target / card) as temp:
+        temp.write_text(text)
+    plot_curve(target / curve, hours, valid, history, args.cores)
+    entry = PretrainedModel(args.name, exported.name, digest, description, default=True, card=card)
+    others = [replace(m, default=False) for m in pretrained.read_manifest(target) if m.name != args.name]
+    with atomic_write(target / pretrained.MANIFEST) as temp:
+        temp.write_text(pretrained.manifest_text([*others, entry]))
+    write_history(history_path, history)
+    replace_between_markers(args.readme, readme_block(results, step, wall * args.cores, setup))
+    print(f"ship: {args.name} (step {step}, {size / 1e6:.1f} MB, sha256 {digest[:12]}...) written to {target}; "
+          f"card {target / card}")
+    print(heldout.markdown_table(results))
+
+
+def _step_of(exported: Path) -> int:
+    """The training step `diffwave export` recorded in the file's metadata."""
+    with safe_open(str(exported), framework="pt") as file:
+        step = (file.metadata() or {}).get("step", "")
+    if not step.isdigit():
+        raise DiffwaveError(f"{exported}: no training step in its metadata (not one of our training checkpoints?)")
+    return int(step)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

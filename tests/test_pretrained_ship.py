@@ -1,0 +1,66 @@
+"""recipes/pretrained/ship.py on a tiny trained checkpoint, into a scratch folder: what it writes agrees with
+itself (weights, sha256 in manifest and card, README table, history), and a leaked held-out clip is refused."""
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from diffwave import pretrained
+from diffwave.inference.vocoder import Vocoder
+from diffwave.training.checkpoint import load_model_weights
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location("ship", REPO / "recipes" / "pretrained" / "ship.py")
+ship = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(ship)
+
+
+def ship_args(tmp_path: Path, checkpoint: Path, features: Path) -> list[str]:
+    return [str(checkpoint), "--features", str(features), "--name", "tiny", "--work", str(tmp_path / "work"),
+            "--target", str(tmp_path / "target"), "--readme", str(tmp_path / "README.md"),
+            "--history", str(tmp_path / "history.tsv"), "--crop-seconds", "1"]
+
+
+@pytest.fixture
+def scratch(tmp_path) -> Path:
+    (tmp_path / "target").mkdir()
+    readme = "# x\n" + ship.README_START + " (written by ship) -->\nold table\n" + ship.README_END + "\nrest\n"
+    (tmp_path / "README.md").write_text(readme)
+    return tmp_path
+
+
+def test_ship_writes_weights_card_manifest_and_readme_that_agree(scratch, tiny_checkpoint, tiny_features):
+    assert ship.main(ship_args(scratch, tiny_checkpoint, tiny_features)) == 0
+    target = scratch / "target"
+    (entry,) = pretrained.read_manifest(target)
+    weights = (target / entry.file).read_bytes()
+    digest = hashlib.sha256(weights).hexdigest()
+    assert (entry.name, entry.default, entry.sha256) == ("tiny", True, digest)
+    card = (target / entry.card).read_text()
+    assert f"sha256 `{digest}`" in card and "step 20" in card and "TODO(lead)" in card
+    assert "$" not in card.split("## Config")[0]  # every template field was filled
+    exported, _ = load_model_weights(target / entry.file)
+    trained, _ = load_model_weights(tiny_checkpoint)  # the EMA weights of the checkpoint
+    assert exported.keys() == trained.keys() and all((exported[k] == trained[k]).all() for k in exported)
+    assert (target / "tiny_curve.png").read_bytes().startswith(b"\x89PNG")
+    readme = (scratch / "README.md").read_text()
+    assert "old table" not in readme and readme.endswith(ship.README_END + "\nrest\n")
+    assert "| DiffWave |" in readme and "| Griffin-Lim |" in readme and "Step 20" in readme
+    (row,) = ship.read_history(scratch / "history.tsv")
+    assert row["step"] == "20" and 0 <= float(row["diffwave_stoi"]) <= 1
+    Vocoder.from_checkpoint(target / entry.file)  # loads as shipped
+
+
+def test_ship_refuses_features_that_hold_a_held_out_clip(scratch, tiny_checkpoint, tiny_features, capsys):
+    features = scratch / "features"
+    shutil.copytree(tiny_features, features)
+    manifest = json.loads((features / "manifest.json").read_text())
+    manifest["utterances"][0]["id"] = "LJ001-0003"
+    (features / "manifest.json").write_text(json.dumps(manifest))
+    assert ship.main(ship_args(scratch, tiny_checkpoint, features)) == 2
+    assert "the held-out clips LJ001-0003 are in the training features" in capsys.readouterr().err
+    assert list((scratch / "target").iterdir()) == []  # nothing written into the package
