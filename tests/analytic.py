@@ -97,11 +97,11 @@ def gaussian(mean: float, std: float) -> GaussianMixture:
     return GaussianMixture((1.0,), (mean,), (std,))
 
 
-def chain_law(plan, mean: float, std: float, prior_std: float = 1.0,
-              from_prior: bool = False) -> tuple[float, float]:
+def chain_law(plan, mean: float, std: float, prior_std: float = 1.0, from_prior: bool = False,
+              start: tuple[float, float] | None = None) -> tuple[float, float]:
     """Exact mean and variance of a plan's output for Gaussian data N(mean, std^2) and the optimal predictor
     of the noise S eps (S = `prior_std`), starting from the exact marginal of the plan's noisiest state, or
-    from the prior N(0, S^2) with `from_prior`.
+    from the prior N(0, S^2) with `from_prior`, or from N(m, v) for `start` = (m, v) (denoising: a point).
 
     Every step is affine in x plus Gaussian noise, so the law stays Gaussian; the step formulas are written
     here from the papers (Ho et al. eq. 11, Song et al. eq. 12), independently of the package's code. Under
@@ -111,6 +111,8 @@ def chain_law(plan, mean: float, std: float, prior_std: float = 1.0,
     m, v = math.sqrt(a_T) * mean, a_T * std**2 + (1 - a_T) * prior2
     if from_prior:
         m, v = 0.0, prior2
+    if start is not None:
+        m, v = start
     for i in reversed(range(len(plan))):
         a, a_prev, sigma = (plan.alpha_bars[i].item(), plan.alpha_bars_prev[i].item(), plan.sigmas[i].item())
         c = math.sqrt(1 - a) * prior2 / (a * std**2 + (1 - a) * prior2)  # eps*(x) = c x - c sqrt(a) mean

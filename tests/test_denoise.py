@@ -10,13 +10,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from diffwave.config import load_config
+from diffwave.config import Config, load_config
 from diffwave.diffusion import NoiseSchedule
 from diffwave.diffusion.reverse_plans import full_chain, starting_at
 from diffwave.errors import DiffwaveError, ScheduleError
 from diffwave.inference.denoise import choose_start_step, denoise, denoise_normalised, estimate_noise_std
 from diffwave.model import DiffWave
-from tests.analytic import gaussian
+from tests.analytic import alpha_bar_at, chain_law, gaussian
 from tests.audio_fixtures import harmonic_tone
 
 # The DDPM chain with the optimal eps, started from a point x_{t*}, gives exactly the Wiener mean but a
@@ -53,6 +53,52 @@ def test_truncated_chain_samples_the_wiener_posterior():
     assert abs(x0.var().item() - posterior_var) < 4 * var_se + VARIANCE_DISCRETISATION_ALLOWANCE
     # The prior's mean/variance would be far outside these bounds: the test can tell "no denoising" apart.
     assert abs(mu - wiener_mean) > 10 * mean_se and abs(s**2 - posterior_var) > 10 * var_se
+
+
+class GaussianEps(DiffWave):
+    """The optimal noise predictor for white Gaussian data N(0, s^2), as an unconditional DiffWave module: a
+    perfectly trained network for that data, pointwise (each sample's eps depends on that sample only)."""
+
+    def __init__(self, config: Config, data_std: float) -> None:
+        super().__init__(num_steps=config.diffusion.num_steps, residual_channels=2, residual_layers=1,
+                         dilation_cycle=1, n_mels=None)
+        self.data, self.schedule = gaussian(0.0, data_std), NoiseSchedule.from_config(config.diffusion)
+
+    def forward(self, x, t, cond=None, mask=None, *, mel=None):
+        return self.data.optimal_eps(x, alpha_bar_at(self.schedule, t))
+
+
+@pytest.mark.parametrize("sdedit", [False, True])
+def test_denoising_end_to_end_has_the_chains_exact_posterior(sdedit):
+    """`denoise` (level normalisation, windows, positional noise, the truncated chain) with the optimal eps of
+    white Gaussian data: every output sample is an independent Gaussian whose mean gain and variance follow
+    from the chain's affine steps (tests.analytic.chain_law) from the start state, x = sqrt(abar) y, or with
+    SDEdit x = sqrt(abar) y + sqrt(1 - abar) z; the chain runs on c y (c = target_rms / rms(y)), and its
+    output is divided by c again."""
+    config = load_config("tiny", ["model.conditional=false"])
+    data_std, noise_std, n = 0.08, 0.06, 32000  # in the model's units: the target rms is 0.1 = sqrt(s^2 + n^2)
+    model = GaussianEps(config, data_std).eval()
+    generator = torch.Generator().manual_seed(0)
+    y = 0.5 * (data_std * torch.randn(n, generator=generator) + noise_std * torch.randn(n, generator=generator))
+    t_star = choose_start_step(model.schedule, noise_std)
+    out = denoise(y, 8000, model, t_star, config=config, sdedit=sdedit, chunk_seconds=1.0,
+                  generator=torch.Generator().manual_seed(1)).audio
+    plan = starting_at(full_chain(model.schedule), t_star)
+    alpha_bar = model.schedule.alpha_bars[t_star].item()
+    gain = math.sqrt(alpha_bar) * chain_law(plan, 0.0, data_std, start=(1.0, 0.0))[0]
+    c = 0.1 / y.double().pow(2).mean().sqrt().item()
+    variances = {flag: chain_law(plan, 0.0, data_std, start=(0.0, (1 - alpha_bar) if flag else 0.0))[1] / c**2
+                 for flag in (False, True)}
+    residual = out.double() - gain * y.double()
+    variance = variances[sdedit]
+    assert abs(residual.mean().item()) < 4 * math.sqrt(variance / n)
+    var_se = variance * math.sqrt(2 / (n - 1))
+    assert abs(residual.var().item() - variance) < 4 * var_se
+    # The two starts differ by far more than the error bars: the forward-noise factor is what is tested.
+    assert abs(variances[True] - variances[False]) > 20 * var_se
+    # And the chain does denoise: its gain is near the Wiener gain s^2 / (s^2 + sigma_t^2) of step t*.
+    sigma2 = (1 - alpha_bar) / alpha_bar
+    assert abs(gain - data_std**2 / (data_std**2 + sigma2)) < 0.05 and gain < 0.9
 
 
 def paused_tone(sample_rate: int, seconds: float, target_rms: float) -> np.ndarray:

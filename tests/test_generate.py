@@ -8,9 +8,11 @@ import pytest
 import soundfile as sf
 import torch
 
+from diffwave.config import load_config
 from diffwave.errors import CheckpointError
 from diffwave.inference.generate import generate
 from diffwave.inference.loading import load_unconditional
+from diffwave.model import DiffWave
 
 
 def run_generate(*args: str) -> subprocess.CompletedProcess:
@@ -52,3 +54,29 @@ def test_python_api_with_every_sampler(unconditional_checkpoint):
         clips = generate(model, config, 3, 0.1, sampler=sampler, generator=torch.Generator().manual_seed(0),
                          batch_size=2)
         assert len(clips) == 3 and all(c.shape == (800,) and c.abs().max() <= 1 for c in clips)
+
+
+@pytest.mark.parametrize(("sampler", "steps", "expected"), [
+    ("ddim", 5, [49, 37, 24, 12, 0]),  # linspace(0, 49, 5) rounded, noisiest first
+    ("ddim", None, 12),  # the default: 12 steps
+    ("ddpm", None, list(range(49, -1, -1))),
+    ("fast", None, 6),  # the tiny preset's 6 betas
+])
+def test_generate_runs_the_sampler_and_steps_it_is_given(sampler, steps, expected):
+    """The model is called once per reverse step of the named plan, with that plan's steps, for every clip of
+    the batch at once."""
+    config = load_config("tiny", ["model.conditional=false"])
+    torch.manual_seed(0)
+    model = DiffWave.from_config(config).eval()
+    calls: list[list[float]] = []
+    model.register_forward_hook(lambda module, args, out: calls.append(args[1].tolist()))
+    clips = generate(model, config, 2, 0.05, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0))
+    assert len(clips) == 2 and all(c.shape == (400,) for c in clips)
+    assert all(len(t) == 2 and t[0] == t[1] for t in calls)
+    if isinstance(expected, int):
+        assert len(calls) == expected and len({t[0] for t in calls}) == expected
+    else:
+        assert [t[0] for t in calls] == expected
+    if sampler == "fast":  # fractional steps, decreasing, from DiffWave's alignment of the fast betas
+        steps_seen = [t[0] for t in calls]
+        assert steps_seen == sorted(steps_seen, reverse=True) and steps_seen[-1] < 1 < steps_seen[0]

@@ -40,20 +40,30 @@ def ddim_mean(x: Tensor, eps: Tensor, alpha_bar: float, alpha_bar_prev: float, s
     return math.sqrt(alpha_bar_prev) * x0_hat + direction * eps
 
 
+def update_coefficients(plan: ReversePlan, i: int) -> tuple[float, float]:
+    """(a, b) with mean = a x + b eps for plan state i: both updates are linear in (x, eps), so they are read
+    off the formulas above, and the loop can update x in place instead of allocating new tensors every step."""
+    alpha_bar, alpha_bar_prev = plan.alpha_bars[i].item(), plan.alpha_bars_prev[i].item()
+    if plan.update == "ancestral":
+        return (ancestral_mean(1.0, 0.0, alpha_bar, alpha_bar_prev),
+                ancestral_mean(0.0, 1.0, alpha_bar, alpha_bar_prev))
+    sigma = plan.sigmas[i].item()
+    return (ddim_mean(1.0, 0.0, alpha_bar, alpha_bar_prev, sigma),
+            ddim_mean(0.0, 1.0, alpha_bar, alpha_bar_prev, sigma))
+
+
 def reverse_step(plan: ReversePlan, i: int, x: Tensor, eps: Tensor,
                  generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None,
                  prior_std: Tensor | None = None) -> Tensor:
-    """Move from plan state i to the state before it; fresh noise (times `prior_std`) only where sigma_i > 0."""
-    alpha_bar, alpha_bar_prev = plan.alpha_bars[i].item(), plan.alpha_bars_prev[i].item()
+    """Move x from plan state i to the state before it, in place (x keeps its dtype whatever eps's); fresh
+    noise (times `prior_std`) only where sigma_i > 0. Returns x."""
+    scale_x, scale_eps = update_coefficients(plan, i)
+    x.mul_(scale_x).add_(eps, alpha=scale_eps)
     sigma = plan.sigmas[i].item()
-    if plan.update == "ancestral":
-        x_prev = ancestral_mean(x, eps, alpha_bar, alpha_bar_prev)
-    else:
-        x_prev = ddim_mean(x, eps, alpha_bar, alpha_bar_prev, sigma)
     if sigma > 0:
         noise = standard_noise(x.shape, i, generator, noise_fn, x.device, x.dtype)
-        x_prev = x_prev + sigma * (noise if prior_std is None else noise * prior_std)
-    return x_prev
+        x.add_(noise if prior_std is None else noise * prior_std, alpha=sigma)
+    return x
 
 
 def standard_noise(shape: tuple[int, ...] | torch.Size, i: int, generator: torch.Generator | None,
@@ -85,17 +95,22 @@ def sample(plan: ReversePlan, eps_fn: EpsFn, shape: tuple[int, ...] | torch.Size
            generator: torch.Generator | None = None, x_T: Tensor | None = None,
            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
            clip: bool = False, callback: StepCallback | None = None, noise_fn: NoiseFn | None = None,
-           prior_std: Tensor | None = None) -> Tensor:
+           prior_std: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
     """Run the reverse chain of `plan` from x_T (default: noise of `shape` from the prior) down to the data.
 
-    `callback(i, x)` is called after each step with the plan index just completed (S-1 down to 0).
+    One tensor x holds the state and is updated in place at every step, in `dtype` (x_T's dtype when given)
+    whatever precision eps_fn computes in: a low-precision network still gets a float32 chain.
+    `callback(i, x)` is called after each step with the plan index just completed (S-1 down to 0); x is the
+    live state, so a callback that keeps it must clone it.
     `clip` clamps the result to [-1, 1], as audio output wants; the exactness tests leave it off.
     `noise_fn` replaces the generator as the source of x_T and of every step's fresh (standard) noise.
     `prior_std` (broadcasting to `shape`) is PriorGrad's S: x_T ~ N(0, S^2) and each step's noise is scaled
     by S; an x_T passed in is used as it is.
+    `mask` (bool, broadcasting to `shape`, True on real samples) keeps x at zero elsewhere, from x_T on: the
+    padding of a batch of different lengths (eps_fn masks the network itself).
     """
     if x_T is None:
-        x = standard_noise(shape, len(plan), generator, noise_fn, device, dtype)
+        x = standard_noise(shape, len(plan), generator, noise_fn, device, dtype).clone()
     else:
         if tuple(x_T.shape) != tuple(shape):
             raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
@@ -103,10 +118,15 @@ def sample(plan: ReversePlan, eps_fn: EpsFn, shape: tuple[int, ...] | torch.Size
     if prior_std is not None:
         prior_std = checked_prior(prior_std, shape).to(x.device, x.dtype)
         if x_T is None:
-            x = x * prior_std
+            x.mul_(prior_std)
+    outside = None if mask is None else ~mask.to(x.device).expand(x.shape)
+    if outside is not None:
+        x.masked_fill_(outside, 0.0)
+    t = torch.empty(x.shape[0], device=x.device, dtype=torch.float32)
     for i in reversed(range(len(plan))):
-        t = torch.full((x.shape[0],), plan.model_steps[i].item(), device=x.device, dtype=torch.float32)
-        x = reverse_step(plan, i, x, eps_fn(x, t), generator, noise_fn, prior_std)
+        reverse_step(plan, i, x, eps_fn(x, t.fill_(plan.model_steps[i].item())), generator, noise_fn, prior_std)
+        if outside is not None:
+            x.masked_fill_(outside, 0.0)
         if callback is not None:
             callback(i, x)
-    return x.clamp(-1.0, 1.0) if clip else x
+    return x.clamp_(-1.0, 1.0) if clip else x

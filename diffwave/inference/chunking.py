@@ -12,6 +12,8 @@ either side in both windows. The fades are raised cosines that sum to one: the t
 same signal (same noise, same mel), so amplitudes, not powers, must add up. The last window absorbs a
 remainder of up to `context` frames rather than starting a window that would be mostly context.
 
+The vocoder (many utterances, window-major batches) and the denoiser (one signal) both run `overlap_add`.
+
 Noise. For chunked output to match unchunked output, x_T and every step's fresh noise must be a function of
 the absolute sample position: noise comes in fixed blocks of NOISE_BLOCK samples, each drawn from its own
 seed mixed from (utterance seed, draw, block index), so any slice can be produced on demand and the
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,3 +139,23 @@ class ChunkLayout:
             weights[begin:begin + fade.numel()] = 1.0 - fade
             weights[begin + fade.numel():] = 0.0
         return weights
+
+
+# run(items, spans): audio [len(items), >= longest span * hop] of one window of each listed item, where spans
+# are the items' windows [start, stop) in frames (all windows of one call have the same index k).
+WindowFn = Callable[[list[int], list[tuple[int, int]]], Tensor]
+
+
+def overlap_add(layout: ChunkLayout, frames: Sequence[int], hop: int, run: WindowFn) -> list[Tensor]:
+    """Signals of frames[i] * hop samples each (CPU float32), window by window: for every window index k, one
+    call of `run` on all items that reach window k, each window's audio weighted by its cross-fade and added
+    in place."""
+    outputs = [torch.zeros(count * hop) for count in frames]
+    for k in range(max(layout.count(count) for count in frames)):
+        active = [i for i, count in enumerate(frames) if layout.count(count) > k]
+        spans = [layout.window(k, frames[i]) for i in active]
+        audio = run(active, spans)
+        for row, (i, (start, stop)) in enumerate(zip(active, spans, strict=True)):
+            weights = layout.weights(k, frames[i], hop)
+            outputs[i][start * hop:stop * hop].addcmul_(weights, audio[row, :weights.numel()].float().cpu())
+    return outputs

@@ -34,7 +34,7 @@ from diffwave.diffusion import NoiseSchedule, sample
 from diffwave.diffusion.reverse_plans import full_chain, starting_at
 from diffwave.diffusion.sampling import EpsFn, NoiseFn
 from diffwave.errors import DiffwaveError
-from diffwave.inference.chunking import OVERLAP_SECONDS, ChunkLayout, PositionalNoise, draw_seed
+from diffwave.inference.chunking import OVERLAP_SECONDS, ChunkLayout, PositionalNoise, draw_seed, overlap_add
 from diffwave.inference.loading import load_unconditional
 from diffwave.model import DiffWave
 
@@ -194,11 +194,11 @@ def _windowed_chain(y: Tensor, model: DiffWave, schedule: NoiseSchedule, hop: in
     device = next(model.parameters()).device
     frames = math.ceil(y.numel() / hop)
     padded = F.pad(y, (0, frames * hop - y.numel()))
-    out = torch.zeros_like(padded)
-    for k in range(layout.count(frames)):
-        start, stop = layout.window(k, frames)
+
+    def run(_: list[int], spans: list[tuple[int, int]]) -> Tensor:
+        (start, stop), = spans
         window = padded[start * hop:stop * hop]
-        x0 = denoise_normalised(window[None].to(device), schedule, lambda x, t: model(x, t), t_start,
-                                sdedit=sdedit, noise_fn=_positional_noise(noise, start * hop, window.numel(), device))
-        out[start * hop:stop * hop] += layout.weights(k, frames, hop) * x0[0].float().cpu()
-    return out[:y.numel()]
+        return denoise_normalised(window[None].to(device), schedule, lambda x, t: model(x, t), t_start,
+                                  sdedit=sdedit, noise_fn=_positional_noise(noise, start * hop, window.numel(), device))
+
+    return overlap_add(layout, [frames], hop, run)[0][:y.numel()]

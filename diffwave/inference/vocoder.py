@@ -32,7 +32,7 @@ from diffwave.audio.prior import EnergyPrior
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, ReversePlan
 from diffwave.diffusion.reverse_plans import plan_for
-from diffwave.diffusion.sampling import ancestral_mean, ddim_mean
+from diffwave.diffusion.sampling import sample
 from diffwave.errors import VocodeError
 from diffwave.inference.chunking import (
     CHUNK_SECONDS,
@@ -40,6 +40,7 @@ from diffwave.inference.chunking import (
     ChunkLayout,
     PositionalNoise,
     draw_seed,
+    overlap_add,
     utterance_seed,
 )
 from diffwave.inference.loading import load_model
@@ -52,30 +53,38 @@ LOG_FLOOR = -11.5130  # ln(1e-5): hifigan mels are clamped here
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AMX tiles or AVX512-BF16); elsewhere PyTorch
+    emulates bf16 GEMMs through fp32, slower than fp32 itself (measured: see the README's inference table)."""
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
+def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
+    """The precision `dtype="auto"` picks on `device`, and why (for the log line)."""
+    if device.type != "cpu":
+        return torch.float32, f"fp32 on {device.type} (half precision there is an explicit choice: --dtype)"
+    if cpu_has_bf16_matmul():
+        return torch.bfloat16, "bf16: this CPU has bf16 matrix units (AMX or AVX512-BF16)"
+    return torch.float32, "fp32: this CPU has no bf16 matrix units (no AMX, no AVX512-BF16), so bf16 would be slower"
+
+
 def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """None means fp32; "auto" picks per device (`auto_dtype`) and logs which and why; fp16 needs CUDA."""
+    if dtype == "auto":
+        resolved, why = auto_dtype(device)
+        logger.info("precision auto -> %s", why)
+        return resolved
     resolved = PRECISIONS.get(dtype, dtype) if isinstance(dtype, str) else dtype or torch.float32
     if resolved not in PRECISIONS.values():
-        raise VocodeError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype}")
-    if resolved != torch.float32 and device.type != "cuda":
-        raise VocodeError(f"{dtype} inference needs a CUDA device; on {device} use fp32")
+        raise VocodeError(f"dtype must be auto or one of {', '.join(PRECISIONS)}, got {dtype}")
+    if resolved == torch.float16 and device.type != "cuda":
+        raise VocodeError(f"{dtype} inference needs a CUDA device; on {device} use fp32 or bf16")
     return resolved
 
 
 def _unconditional(what: str) -> VocodeError:
     return VocodeError(f"{what} is an unconditional model; vocoding needs a conditional (mel) checkpoint; "
                        "use `diffwave generate`")
-
-
-def _update_coefficients(plan: ReversePlan, i: int) -> tuple[float, float]:
-    """(a, b) with x_prev = a x + b eps (+ sigma z): both updates are linear, so read them off sampling's
-    own formulas; the loop then updates x in place instead of allocating new tensors every step."""
-    alpha_bar, alpha_bar_prev = plan.alpha_bars[i].item(), plan.alpha_bars_prev[i].item()
-    if plan.update == "ancestral":
-        return (ancestral_mean(1.0, 0.0, alpha_bar, alpha_bar_prev),
-                ancestral_mean(0.0, 1.0, alpha_bar, alpha_bar_prev))
-    sigma = plan.sigmas[i].item()
-    return (ddim_mean(1.0, 0.0, alpha_bar, alpha_bar_prev, sigma),
-            ddim_mean(0.0, 1.0, alpha_bar, alpha_bar_prev, sigma))
 
 
 class Vocoder:
@@ -262,21 +271,17 @@ class Vocoder:
     def _synthesise(self, plan: ReversePlan, mels: list[Tensor], noises: list[PositionalNoise],
                     layout: ChunkLayout) -> list[Tensor]:
         """Window by window (chunk-major), all utterances that reach window k in one padded batch."""
-        hop = self.hop_length
-        frames = [item.shape[-1] for item in mels]
-        outputs = [torch.zeros(count * hop) for count in frames]
-        for k in range(max(layout.count(count) for count in frames)):
-            active = [i for i, count in enumerate(frames) if layout.count(count) > k]
-            spans = [layout.window(k, frames[i]) for i in active]
-            audio = self._reverse_chain(plan, [mels[i] for i in active], [noises[i] for i in active], spans)
-            for row, (i, (start, stop)) in enumerate(zip(active, spans, strict=True)):
-                weights = layout.weights(k, frames[i], hop)
-                outputs[i][start * hop:stop * hop] += weights * audio[row, :weights.numel()]
+        def run(active: list[int], spans: list[tuple[int, int]]) -> Tensor:
+            return self._reverse_chain(plan, [mels[i] for i in active], [noises[i] for i in active], spans)
+
+        outputs = overlap_add(layout, [item.shape[-1] for item in mels], self.hop_length, run)
         return [output.clamp_(-1.0, 1.0) for output in outputs]
 
     def _reverse_chain(self, plan: ReversePlan, mels: list[Tensor], noises: list[PositionalNoise],
                        spans: list[tuple[int, int]]) -> Tensor:
-        """Run the whole chain on one window of each utterance (all share the window's start); CPU [n, N]."""
+        """Run the whole chain on one window of each utterance (all share the window's start); CPU [n, N].
+
+        The chain stays in float32 whatever the model's precision (`sample` keeps x in its dtype)."""
         hop = self.hop_length
         offset = spans[0][0] * hop
         lengths = [(stop - start) * hop for start, stop in spans]
@@ -294,21 +299,12 @@ class Vocoder:
                 source.fill(noise[row, :length], index, offset)
             return noise_on_device.copy_(noise)
 
-        std = self._prior_std(mels, spans, width)
-        x = draw(len(plan)).clone()  # x_T, kept in fp32 whatever the model's precision
-        if std is not None:
-            x.mul_(std)
-        t = torch.empty(len(spans), device=self.device)
-        for i in reversed(range(len(plan))):
+        def eps_fn(x: Tensor, t: Tensor) -> Tensor:
             with self._autocast():
-                eps = self.model(x, t.fill_(plan.model_steps[i].item()), cond, mask)
-            scale_x, scale_eps = _update_coefficients(plan, i)
-            x.mul_(scale_x).add_(eps.float(), alpha=scale_eps)
-            sigma = plan.sigmas[i].item()
-            if sigma > 0:
-                x.add_(draw(i) if std is None else draw(i).mul_(std), alpha=sigma)  # the next draw refills it
-            if mask is not None:
-                x.masked_fill_(~mask, 0.0)
+                return self.model(x, t, cond, mask)
+
+        x = sample(plan, eps_fn, (len(spans), width), device=self.device, noise_fn=draw,
+                   prior_std=self._prior_std(mels, spans, width), mask=mask)
         return x.cpu()
 
     def _prior_std(self, mels: list[Tensor], spans: list[tuple[int, int]], width: int) -> Tensor | None:
