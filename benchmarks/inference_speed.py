@@ -36,6 +36,7 @@ import time
 from queue import Empty
 
 import torch
+from common import matmul_peak_gflops, synchronize
 
 from diffwave.config import load_config
 from diffwave.diffusion import NoiseSchedule, fast_schedule, sample
@@ -44,25 +45,6 @@ from diffwave.inference import Vocoder
 from diffwave.model import DiffWave
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
 
 
 def flops_per_sample_step(config) -> float:

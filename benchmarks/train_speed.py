@@ -1,42 +1,63 @@
-"""Training throughput and peak memory of the real training loop, on the device it runs on.
+"""Training throughput, arithmetic rate and peak memory of the real training loop, on the device it runs on.
 
-    python benchmarks/train_speed.py [--config base] [--batch-size 16] [--steps 5] [--precisions fp32,bf16,fp16]
+    python benchmarks/train_speed.py [--config base] [--batch-size 4] [--frames 62] [--steps 5]
+                                     [--precisions fp32,bf16] [--reference-src DIR] [--profile]
 
 Builds a small synthetic corpus in a temp folder, preprocesses it with the config's front-end, then times
-`Trainer.fit` (data loading, forward, backward, optimizer and EMA) after one warm-up step. Prints one row
-per precision: training samples/s (crops of data.crop_frames * hop samples), audio seconds per second, and
-peak memory (CUDA: max allocated; CPU: the process's peak resident set). On a CPU only fp32 is timed
-unless --precisions says otherwise.
+`Trainer.fit` (data loading, forward, backward, optimizer, EMA) after one warm-up step, each precision in a
+fresh process so that its peak memory is its own. One row per precision:
+- samples/s: audio samples trained on per second (batch * frames * hop per step);
+- GFLOP/s: the network's useful arithmetic per second (3x the forward's multiply-adds, counted from the
+  config), and that as a fraction of this device's measured matmul peak in the same precision;
+- peak MiB: the process's peak resident set (CUDA: max allocated).
+--reference-src DIR (the `src` folder of a checkout of lmnt-com/diffwave, outside this project) also times the
+reference implementation's training step at the same shapes in a fresh process, and prints the ratio.
+--profile prints the share of each phase of a step (data, draws, forward, backward, optimizer, EMA, logging).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import resource
+import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
+from common import matmul_peak_gflops, synchronize
 
-from diffwave.config import load_config
+from diffwave.config import Config, load_config
 from diffwave.data.preprocess import preprocess
 from diffwave.training.distributed import init_distributed
 from diffwave.training.trainer import Trainer
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PHASES = ("enumerate(DataLoader)", "train/draws", "train/forward", "train/backward", "train/optimizer", "train/ema",
+          "train/log", "train/validate", "train/save")
 
-def synthetic_corpus(root: Path, sample_rate: int, count: int) -> Path:
+
+def synthetic_corpus(root: Path, sample_rate: int, count: int, seconds: float) -> Path:
     rng = np.random.default_rng(0)
     root.mkdir(parents=True)
     for i in range(count):
-        t = np.arange(int(1.5 * sample_rate)) / sample_rate
+        t = np.arange(int(seconds * sample_rate)) / sample_rate
         tone = 0.3 * np.sin(2 * np.pi * (120 + 10 * i) * t) + 0.01 * rng.standard_normal(t.size)
         sf.write(root / f"clip{i:03d}.wav", tone.astype(np.float32), sample_rate)
     return root
+
+
+def training_flops_per_sample(config: Config) -> float:
+    """Multiply-adds x 2 of one forward per audio sample, x 3 for forward + backward."""
+    c, layers, mels = config.model.residual_channels, config.model.residual_layers, config.audio.n_mels
+    per_layer = 2 * (3 * c * 2 * c + c * 2 * c + (mels * 2 * c if config.model.conditional else 0))
+    return 3 * (layers * per_layer + 2 * c * c + 4 * c)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -45,55 +66,128 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def time_precision(config_name: str, features: Path, work: Path, precision: str, batch_size: int, steps: int,
-                   device: torch.device) -> tuple[float, float, float]:
-    overrides = [f"train.batch_size={batch_size}", f"train.precision={precision}", "train.log_every=100000",
-                 "train.valid_every=100000", "train.sample_every=100000", "train.save_every=100000",
-                 "data.num_workers=2", "data.valid_fraction=0", "data.test_fraction=0"]
-    config = load_config(config_name, [*overrides, "train.max_steps=1"])
+def settings(args: argparse.Namespace, precision: str) -> list[str]:
+    return [f"train.batch_size={args.batch_size}", f"data.crop_frames={args.frames}", f"train.precision={precision}",
+            "train.log_every=100000", "train.valid_every=100000", "train.sample_every=100000",
+            "train.save_every=100000", "data.num_workers=1", "data.valid_fraction=0", "data.test_fraction=0"]
+
+
+def time_precision(args: argparse.Namespace, features: Path, work: Path, precision: str) -> dict[str, float]:
+    """Runs in its own process (see `main`): warm-up step, then `args.steps` timed (or profiled) steps."""
+    device = torch.device(args.device)
+    config = load_config(args.config, [*settings(args, precision), "train.max_steps=1"])
     trainer = Trainer(config, features, work / f"run-{precision}", init_distributed(str(device)))
     trainer.fit()  # warm-up: allocator, kernels, worker start
-    trainer.config.train.max_steps = 1 + steps
+    trainer.config.train.max_steps = 1 + args.steps
+    synchronize(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    profiler = torch.profiler.profile() if args.profile else None
     start = time.perf_counter()
-    trainer.fit()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if profiler is None:
+        trainer.fit()
+    else:
+        with profiler:
+            trainer.fit()
+    synchronize(device)
     seconds = time.perf_counter() - start
-    crop_seconds = config.data.crop_frames * config.audio.hop_length / config.audio.sample_rate
-    samples_per_s = steps * batch_size / seconds
-    return samples_per_s, samples_per_s * crop_seconds, peak_memory_mb(device)
+    samples = args.steps * args.batch_size * args.frames * config.audio.hop_length
+    row = {"samples_per_s": samples / seconds, "gflops": samples * training_flops_per_sample(config) / seconds / 1e9,
+           "peak_gflops": matmul_peak_gflops(device, DTYPES[precision]), "peak_mb": peak_memory_mb(device)}
+    if profiler is not None:
+        totals = {event.key: event.cpu_time_total / 1e6 for event in profiler.key_averages()}
+        row |= {f"phase {phase}": sum(v for k, v in totals.items() if k.startswith(phase)) / seconds
+                for phase in PHASES}
+    return row
+
+
+REFERENCE_STEP = textwrap.dedent("""
+    import json, resource, sys, time
+    import torch
+    from diffwave.model import DiffWave
+    from diffwave.params import params
+    batch, frames, steps = map(int, sys.argv[1:4])
+    torch.manual_seed(0)
+    model = DiffWave(params)
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
+    alpha_bar = torch.cumprod(1 - torch.tensor(params.noise_schedule), 0)
+    audio, mel = torch.rand(batch, frames * params.hop_samples) - 0.5, torch.rand(batch, params.n_mels, frames)
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        t = torch.randint(0, len(params.noise_schedule), [batch])
+        a = alpha_bar[t].unsqueeze(1)
+        noise = torch.randn_like(audio)
+        predicted = model(a.sqrt() * audio + (1 - a).sqrt() * noise, t, mel)
+        torch.nn.functional.l1_loss(predicted.squeeze(1), noise).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)
+        optimizer.step()
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = time.perf_counter() - start
+    print(json.dumps({"samples_per_s": steps * batch * frames * params.hop_samples / seconds,
+                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""")
+
+
+def time_reference(args: argparse.Namespace) -> dict[str, float]:
+    """The reference's own model and its learner's step (noise, L1 loss, clip, Adam), in the fresh process its
+    own package name needs (it is also called `diffwave`)."""
+    command = [sys.executable, "-c", REFERENCE_STEP, str(args.batch_size), str(args.frames), str(args.steps)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=args.reference_src, check=True,
+                            env={"PYTHONPATH": str(Path(args.reference_src).resolve()), "PATH": "/usr/bin:/bin"})
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="base")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=62, help="mel frames per crop (data.crop_frames)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precisions", help="comma-separated (default: fp32 on CPU; fp32,bf16,fp16 on CUDA)")
+    parser.add_argument("--reference-src", help="lmnt-com/diffwave's src folder, to time it side by side")
+    parser.add_argument("--profile", action="store_true", help="print each phase's share of a step")
+    parser.add_argument("--one", nargs=2, metavar=("PRECISION", "WORK"), help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.one:
+        precision, work = args.one
+        print(json.dumps(time_precision(args, Path(work) / "features", Path(work), precision)))
+        return
     device = torch.device(args.device)
     precisions = args.precisions.split(",") if args.precisions else (
         ["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32"])
     config = load_config(args.config)
+    crop_seconds = args.frames * config.audio.hop_length / config.audio.sample_rate
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
-        corpus = synthetic_corpus(work / "corpus", config.audio.sample_rate, max(args.batch_size, 16))
-        no_splits = ["data.valid_fraction=0", "data.test_fraction=0"]
-        preprocess(corpus, work / "features", load_config(args.config, no_splits))
+        corpus = synthetic_corpus(work / "corpus", config.audio.sample_rate, max(args.batch_size, 8),
+                                  seconds=crop_seconds + 0.5)
+        preprocess(corpus, work / "features", load_config(args.config, ["data.valid_fraction=0",
+                                                                        "data.test_fraction=0"]))
         threads = f"CPU, {torch.get_num_threads()} threads"
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else threads
-        print(f"train speed: config {args.config}, batch {args.batch_size}, {args.steps} timed steps, device {name}")
-        print(f"{'precision':>9} {'samples/s':>10} {'audio s/s':>10} {'peak MiB':>10}")
+        print(f"train speed: config {args.config}, batch {args.batch_size} x {args.frames} frames, {args.steps} timed "
+              f"steps, device {name}")
+        print(f"{'precision':>10} {'samples/s':>10} {'GFLOP/s':>8} {'of peak':>8} {'peak MiB':>9}")
+        rows = {}
         for precision in precisions:
-            samples, audio, memory = time_precision(args.config, work / "features", work, precision,
-                                                    args.batch_size, args.steps, device)
-            print(f"{precision:>9} {samples:10.2f} {audio:10.3f} {memory:10.0f}")
-            sys.stdout.flush()
+            child = [sys.executable, __file__, *sys.argv[1:], "--one", precision, str(work)]
+            output = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+            rows[precision] = row = json.loads(output.strip().splitlines()[-1])
+            print(f"{precision:>10} {row['samples_per_s']:10.0f} {row['gflops']:8.1f} "
+                  f"{row['gflops'] / row['peak_gflops']:8.1%} {row['peak_mb']:9.0f}", flush=True)
+            for phase in PHASES:
+                if f"phase {phase}" in row:
+                    print(f"{'':>10}   {phase:<24} {row[f'phase {phase}']:6.1%} of the step time")
+        if args.reference_src:
+            reference = time_reference(args)
+            print(f"{'reference':>10} {reference['samples_per_s']:10.0f} {'':>8} {'':>8} {reference['peak_mb']:9.0f}")
+            for precision, row in rows.items():
+                print(f"{precision} / reference: {row['samples_per_s'] / reference['samples_per_s']:.2f}x samples/s")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def _train_command(args: argparse.Namespace) -> None:
                    overwrite=args.overwrite, device=args.device)
     if result is not None:
         last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
-        print(f"train: stopped at step {result.step}, last loss {last}, {result.skipped_steps} skipped steps; "
+        why = f" by {result.stopped_by} (continue with --resume)" if result.stopped_by else ""
+        print(f"train: stopped at step {result.step}{why}, last loss {last}, {result.skipped_steps} skipped steps; "
               f"checkpoints in {args.out}/checkpoints, TensorBoard logs in {args.out}/logs")
 
 

@@ -298,7 +298,8 @@ def test_a_save_that_fails_mid_write_leaves_the_target_untouched(tmp_path, monke
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint step_00000005.pt in .*No space left on "
+                                              r"device; the last good checkpoint is still .*step_00000005.pt"):
         save_checkpoint(tmp_path, 5, small_state(2.0), keep_last=3)
     assert target.read_bytes() == before
     assert strays(tmp_path) == []

@@ -124,7 +124,7 @@ class ResidualBlock(nn.Module):
         """(residual, skip) of the gated activation of the whole signal (CPU inference: see `tile_weights`)."""
         y = self.dilated_conv(conv_input)
         if conditioning is not None:
-            y = y + conditioning
+            y += conditioning  # in place: the conv's backward does not need its output
         gate, filter_ = torch.chunk(y, 2, dim=1)
         y = self.output_projection(torch.sigmoid(gate) * torch.tanh(filter_))
         residual, skip = torch.chunk(y, 2, dim=1)
@@ -133,7 +133,7 @@ class ResidualBlock(nn.Module):
     def forward(self, x: Tensor, step_embedding: Tensor, conditioning: Tensor | None,
                 mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         residual, skip = self.gated(self.conv_input(x, step_embedding, mask), conditioning)
-        return (x + residual) / math.sqrt(2.0), skip
+        return torch.add(x, residual).mul_(1 / math.sqrt(2.0)), skip
 
     def tile_weights(self) -> TileWeights:
         """This layer's weights laid out for `tile_forward` (a few small copies, cheap per forward)."""
@@ -339,7 +339,8 @@ class DiffWave(nn.Module):
                 else:
                     conditioning = None if cond is None else cond[:, i]
                 h, skip = layer(h, step_embedding, conditioning, layer_mask)
-                skip_sum = skip if skip_sum is None else skip_sum + skip
+                # A copy first: `skip` is a view that would keep the layer's whole [B, 2C, N] output alive.
+                skip_sum = skip.clone() if skip_sum is None else skip_sum.add_(skip)
         h = skip_sum / math.sqrt(len(self.residual_layers))
         h = F.relu(self.skip_projection(h))
         return self.output_projection(h).squeeze(1)

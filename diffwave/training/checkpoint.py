@@ -31,6 +31,7 @@ import pickle
 import pickletools
 import random
 import re
+import shutil
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,14 +101,27 @@ def save_checkpoint(run_dir: str | os.PathLike[str], step: int, state: dict[str,
         logger.info("removing %s, left by an interrupted save", stray)
         stray.unlink(missing_ok=True)
     path = folder / f"step_{step:08d}.pt"
-    with atomic_write(path) as temp:
-        torch.save({**state, "format_version": FORMAT_VERSION}, temp)
-    with atomic_write(folder / LATEST) as temp:
-        temp.write_text(f"{path.name}\n")
+    try:
+        with atomic_write(path) as temp:
+            torch.save({**state, "format_version": FORMAT_VERSION}, temp)
+        with atomic_write(folder / LATEST) as temp:
+            temp.write_text(f"{path.name}\n")
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError "unexpected pos"
+        raise CheckpointError(_failed_save(folder, path, error)) from None
     older = [old for _, old in _step_files(folder) if old != path]
     for old in older[:max(0, len(older) - (keep_last - 1))]:
         old.unlink(missing_ok=True)
     return path
+
+
+def _failed_save(folder: Path, path: Path, error: BaseException) -> str:
+    """One line for a save that failed (a full disk, most often): what, where, the space left, and which
+    checkpoint is still the last good one (the temp file is gone and `latest` was not touched)."""
+    free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free"
+    pointer = folder / LATEST
+    last_good = folder / pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+    kept = f"the last good checkpoint is still {last_good}" if last_good else "no earlier checkpoint exists"
+    return f"could not write checkpoint {path.name} in {folder} ({free}): {_reason(error)}; {kept}"
 
 
 def _step_files(folder: Path) -> list[tuple[int, Path]]:

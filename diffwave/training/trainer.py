@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
+from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
 from diffwave.audio import LogMel
@@ -46,6 +47,7 @@ from diffwave.training.checkpoint import (
 )
 from diffwave.training.distributed import DistributedContext, ResumableSampler, all_reduce_sum
 from diffwave.training.monitor import Monitor, loss_by_step_buckets
+from diffwave.training.preemption import StopRequest, ignore_stop_signals, stop_on_signals
 
 logger = logging.getLogger("diffwave.train")
 
@@ -102,6 +104,7 @@ class TrainResult:
     step: int
     losses: list[float] = field(default_factory=list)  # rank-mean training loss of each step of this process
     skipped_steps: int = 0
+    stopped_by: str | None = None  # the signal that ended the run early (SIGTERM, SIGINT), if one did
 
 
 def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path | None:
@@ -157,6 +160,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step = self.epoch = self.batch_in_epoch = self.non_finite_streak = self.non_finite_total = 0
         self.generator = torch.Generator(self.device)
+        self.stop_request, self.stopping = StopRequest(), False  # fit() connects the request to SIGTERM/SIGINT
 
         self.dataset = crops_for_training(data_dir, config, "train", seed=train.seed)
         # PriorGrad's corpus statistics go into the config that checkpoints carry (read only for priorgrad).
@@ -216,6 +220,7 @@ class Trainer:
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch,
                         self.batch_in_epoch)
 
+    @record_function("train/save")
     def save(self) -> Path | None:
         if not self.context.is_main:
             return None
@@ -234,36 +239,44 @@ class Trainer:
 
     def _train_step(self, batch: dict[str, Any]) -> tuple[float, float, Tensor, Tensor] | None:
         """One optimizer step; returns (loss, grad norm, steps t, per-example losses) or None if skipped."""
-        audio = batch["audio"].to(self.device, non_blocking=True)
-        mel = batch["mel"].to(self.device, non_blocking=True) if "mel" in batch else None
-        t, noise = self._draws(batch["id"], audio.shape[1:])
-        std = None if self.prior is None else self.prior.std(mel)
-        if std is not None:
-            noise = noise * std  # PriorGrad: the noise is drawn from N(0, Sigma), and predicted as drawn
-        x_t = self.schedule.q_sample(audio, t, noise)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        # The record_function labels name the phases in a profile (benchmarks/train_speed.py --profile).
+        with record_function("train/draws"):
+            audio = batch["audio"].to(self.device, non_blocking=True)
+            mel = batch["mel"].to(self.device, non_blocking=True) if "mel" in batch else None
+            t, noise = self._draws(batch["id"], audio.shape[1:])
+            std = None if self.prior is None else self.prior.std(mel)
+            if std is not None:
+                noise = noise * std  # PriorGrad: the noise is drawn from N(0, Sigma), and predicted as drawn
+            x_t = self.schedule.q_sample(audio, t, noise)
+        with record_function("train/forward"), torch.autocast(
+                self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
             eps_hat = self.estimator(x_t, t.float(), mel)
         losses = epsilon_loss(eps_hat, noise, self.config.diffusion.loss, std)  # fp32, outside autocast
         loss = losses.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        max_norm = self.config.train.grad_clip_norm or math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        # One collective per step: the rank-mean loss for logging, and agreement on whether to step.
-        summary = torch.stack([loss.detach(), (~torch.isfinite(loss.detach()) | ~torch.isfinite(grad_norm)).float()])
-        summary = all_reduce_sum(summary, self.context)
-        mean_loss, any_non_finite = (summary[0] / self.context.world_size).item(), summary[1].item() > 0
-        if any_non_finite:
+        with record_function("train/backward"):
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.update()  # fp16: halves the scale after an overflow; a no-op otherwise
-            return None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.ema.update_parameters(self.model)
-        self.ema_update.updates += 1
+            self.scaler.scale(loss).backward()
+        with record_function("train/optimizer"):
+            self.scaler.unscale_(self.optimizer)
+            max_norm = self.config.train.grad_clip_norm or math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+            # One collective per step: the rank-mean loss for logging, and agreement on whether to step and
+            # whether to stop after this step (a signal may reach one rank only).
+            non_finite = (~torch.isfinite(loss.detach()) | ~torch.isfinite(grad_norm)).float()
+            stop = torch.tensor(float(self.stop_request.requested), device=loss.device)
+            summary = all_reduce_sum(torch.stack([loss.detach(), non_finite, stop]), self.context)
+            mean_loss, any_non_finite = (summary[0] / self.context.world_size).item(), summary[1].item() > 0
+            self.stopping = summary[2].item() > 0
+            if any_non_finite:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.update()  # fp16: halves the scale after an overflow; a no-op otherwise
+                return None
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+        with record_function("train/ema"):
+            self.ema.update_parameters(self.model)
+            self.ema_update.updates += 1
         return mean_loss, grad_norm.item(), t.detach(), losses.detach()
 
     # --- validation ----------------------------------------------------------------------------------
@@ -319,10 +332,15 @@ class Trainer:
         workers = self.config.data.num_workers
         return DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler, drop_last=True,
                           num_workers=workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
+                          persistent_workers=False, worker_init_fn=ignore_stop_signals if workers else None)
 
     def fit(self, on_step: Callable[[Trainer], None] | None = None) -> TrainResult:
-        """Train until train.max_steps; `on_step` runs after every step (tests use it to inject faults)."""
+        """Train until train.max_steps, or until SIGTERM/SIGINT (then the step ends, a checkpoint is written and
+        fit returns with `stopped_by` set); `on_step` runs after every step (tests use it to inject faults)."""
+        with stop_on_signals() as self.stop_request:
+            return self._fit(on_step)
+
+    def _fit(self, on_step: Callable[[Trainer], None] | None) -> TrainResult:
         train = self.config.train
         result = TrainResult(self.step)
         if self.context.is_main:
@@ -355,6 +373,9 @@ class Trainer:
                         self._log_interval(monitor, interval, elapsed)
                         interval = {key: [] for key in interval}
                         interval_start = time.perf_counter()
+                    if self.stopping:  # before validation: a preempted job has seconds, not minutes
+                        result.stopped_by = self._stop_here()
+                        break
                     if self.context.is_main:
                         self._validate(monitor)
                     # No checkpoint during a run of skipped steps: the last good one is kept as it is.
@@ -366,8 +387,19 @@ class Trainer:
                 else:
                     self.epoch += 1
                     self.batch_in_epoch = 0
+                if result.stopped_by:
+                    break
         result.step = self.step
         return result
+
+    def _stop_here(self) -> str:
+        """Save the state after this step (skipped steps leave the weights finite) and say so once."""
+        signal_name = self.stop_request.signal_name or "a stop signal sent to another rank"
+        path = self.save()
+        if self.context.is_main:
+            logger.warning("stopped by %s after step %d; checkpoint %s written; continue with --resume", signal_name,
+                           self.step, path)
+        return signal_name
 
     def _count_non_finite(self, monitor: Monitor) -> None:
         self.non_finite_streak += 1
@@ -381,6 +413,7 @@ class Trainer:
                                 "skipped, so training stops; the last good checkpoint is kept. Lower "
                                 "train.learning_rate, set train.grad_clip_norm, or use train.precision=fp32")
 
+    @record_function("train/log")
     def _log_interval(self, monitor: Monitor, interval: dict[str, list], elapsed: float) -> None:
         values = {
             "train/loss": float(np.mean(interval["loss"])),
@@ -392,6 +425,7 @@ class Trainer:
                                        self.schedule.num_steps)
         monitor.scalars(self.step, values)
 
+    @record_function("train/validate")
     def _validate(self, monitor: Monitor) -> None:
         train = self.config.train
         if self.step % train.valid_every == 0:
