@@ -169,6 +169,22 @@ def test_resume_with_another_model_shape_is_refused(tiny_features, tmp_path):
     train(tiny("train.max_steps=3"), tiny_features, tmp_path / "run", device="cpu")
     with pytest.raises(CheckpointError, match="residual_channels"):
         train(tiny("train.max_steps=6", "model.residual_channels=16"), tiny_features, tmp_path / "run", device="cpu")
+    with pytest.raises(CheckpointError, match="diffusion.prior"):  # the prior changes what the weights predict
+        train(tiny("train.max_steps=6", "diffusion.prior=priorgrad"), tiny_features, tmp_path / "run", device="cpu")
+
+
+def test_a_resumed_priorgrad_run_keeps_its_own_corpus_statistics(tiny_features, tmp_path):
+    run = tmp_path / "run"
+    train(tiny("train.max_steps=3", "diffusion.prior=priorgrad"), tiny_features, run, device="cpu")
+    saved = load_checkpoint(latest_checkpoint(run))["config"]["diffusion"]
+    assert saved["prior_energy_max"] > saved["prior_energy_min"] >= 0
+    # Statistics from another corpus in the config: the resumed run keeps the ones it started with.
+    other = tiny("train.max_steps=6", "diffusion.prior=priorgrad", "diffusion.prior_energy_min=0.5",
+                 "diffusion.prior_energy_max=9.0")
+    train(other, tiny_features, run, device="cpu")
+    resumed = load_checkpoint(latest_checkpoint(run))["config"]["diffusion"]
+    assert (resumed["prior_energy_min"], resumed["prior_energy_max"]) == (saved["prior_energy_min"],
+                                                                          saved["prior_energy_max"])
 
 
 def test_train_command_end_to_end(tiny_features, tmp_path):

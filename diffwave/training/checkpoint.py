@@ -63,7 +63,8 @@ _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None),
            Tensor, torch.nn.Parameter, torch.Size, torch.dtype, torch.device)
 # Config fields that change tensor shapes or what the weights mean: a resume must match them exactly.
 _WEIGHT_SECTIONS = ("audio.", "model.")
-_WEIGHT_FIELDS = {"diffusion.num_steps", "diffusion.schedule", "diffusion.beta_start", "diffusion.beta_end"}
+_WEIGHT_FIELDS = {"diffusion.num_steps", "diffusion.schedule", "diffusion.beta_start", "diffusion.beta_end",
+                  "diffusion.prior", "diffusion.prior_floor"}  # the prior changes what the network predicts
 _ABSENT = "<absent>"
 
 

@@ -16,7 +16,7 @@ import shutil
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,10 @@ class Trainer:
         state = load_checkpoint(path, map_location=self.device)
         for note in check_compatible(state["config"], self.config, source=str(path)):
             logger.info("resuming with a changed setting: %s", note)
+        if self.prior is not None:  # the run's own corpus statistics, even if the feature folder has changed
+            saved = {key: state["config"]["diffusion"][key] for key in ("prior_energy_min", "prior_energy_max")}
+            self.config = replace(self.config, diffusion=replace(self.config.diffusion, **saved))
+            self.prior = EnergyPrior.from_config(self.config)
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
         self.ema.n_averaged.fill_(state["ema_updates"])
