@@ -222,7 +222,7 @@ def test_tiled_inference_forward_equals_the_whole_signal_forward(n_mels: int | N
     its conv input), and the signal ends mid-tile; short signals (320 samples < the 512 dilation, and less
     than one tile) take only edge tiles.
     """
-    from diffwave.model.diffwave import INFERENCE_TILE
+    from diffwave.model.cpu_kernels import INFERENCE_TILE
 
     assert INFERENCE_TILE == 4096
     torch.manual_seed(0)
@@ -296,3 +296,36 @@ def test_mel_and_cond_are_exclusive_and_mel_must_fit_the_audio() -> None:
         tiny(n_mels=None)(x, t, mel=mel)
     with torch.no_grad():  # inference with mel= takes the tiled path and gives the same values
         torch.testing.assert_close(model(x, t, mel=mel), model(x, t, model.condition(mel)))
+
+
+@pytest.mark.parametrize("n_mels", [6, None])
+def test_bf16_tiles_differ_from_fp32_by_bf16_rounding_only(n_mels: int | None) -> None:
+    """Under CPU autocast to bf16 the tiled forward runs its GEMMs in bf16 (residual stream and skip sum in
+    fp32): its error against fp32 is that of bf16 operands (2^-9 relative each), no larger than autocast's
+    whole-signal loop makes it, and tiles inside the signal round as edge tiles do."""
+    torch.manual_seed(0)
+    model = DiffWave(num_steps=50, residual_channels=16, residual_layers=10, dilation_cycle=10, n_mels=n_mels,
+                     hop_length=16)
+    torch.nn.init.normal_(model.output_projection.weight, std=0.1)
+    x, t, mel = torch.randn(2, 600 * 16), torch.tensor([3.0, 41.5]), torch.randn(2, 6, 600)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[1, -1000:] = False
+    conditioned = (lambda: model.condition(mel)) if n_mels else (lambda: None)
+    with torch.no_grad():
+        reference = model(x, t, conditioned(), mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cond = conditioned()
+            tiled = model(x, t, cond, mask)
+            alone = model(x[1:, :-1000], t[1:], None if cond is None else cond[1:, ..., :-1000])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        whole = model(x, t, conditioned(), mask).detach()  # grad enabled: the whole-signal loop
+    if n_mels:
+        assert cond.dtype == torch.bfloat16 and cond.transpose(2, 3).is_contiguous()
+
+    def error(out: torch.Tensor) -> float:
+        return ((out.float() - reference).norm() / reference.norm()).item()
+
+    assert 1e-4 < error(tiled) < 2e-2  # bf16 really ran, and nothing worse than its rounding
+    assert error(tiled) < 1.5 * error(whole)
+    # Row 1 masked in the batch (edge tiles only) against alone (inner tiles read h): the same bf16 rounding.
+    torch.testing.assert_close(tiled[1, :-1000].float(), alone[0].float(), atol=1e-6, rtol=0)

@@ -8,7 +8,6 @@ are. One deliberate difference: the mel conditioning of all layers is computed o
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +15,10 @@ from torch import Tensor, nn
 
 from diffwave.config import Config
 from diffwave.errors import ConfigError
+from diffwave.model.cpu_kernels import tile_gemm_dtype, tiled_layers, time_major_conditioning
 
 EMBEDDING_DIM = 128  # sinusoidal table width (64 sines + 64 cosines), fixed by the reference checkpoints
 EMBEDDING_HIDDEN = 512
-INFERENCE_TILE = 4096  # samples per tile of the CPU inference forward (see DiffWave._tiled_layers)
 
 
 def _conv1d(in_channels: int, out_channels: int, kernel_size: int, **kwargs: int) -> nn.Conv1d:
@@ -121,7 +120,7 @@ class ResidualBlock(nn.Module):
         return y if mask is None else y.masked_fill(~mask, 0.0)
 
     def gated(self, conv_input: Tensor, conditioning: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(residual, skip) of the gated activation of the whole signal (CPU inference: see `tile_weights`)."""
+        """(residual, skip) of the gated activation of the whole signal (CPU inference: model/cpu_kernels.py)."""
         y = self.dilated_conv(conv_input)
         if conditioning is not None:
             y += conditioning  # in place: the conv's backward does not need its output
@@ -134,82 +133,6 @@ class ResidualBlock(nn.Module):
                 mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         residual, skip = self.gated(self.conv_input(x, step_embedding, mask), conditioning)
         return torch.add(x, residual).mul_(1 / math.sqrt(2.0)), skip
-
-    def tile_weights(self) -> TileWeights:
-        """This layer's weights laid out for `tile_forward` (a few small copies, cheap per forward)."""
-        channels = self.output_projection.in_channels
-        scale = torch.ones_like(self.dilated_conv.bias)
-        scale[channels:] = -2.0  # exact: a power of two
-        weight = self.dilated_conv.weight * scale[:, None, None]
-        out_weight, out_bias = self.output_projection.weight[:, :, 0], self.output_projection.bias
-        return TileWeights(taps=tuple(weight[:, :, k].t().contiguous() for k in range(3)),
-                           bias=self.dilated_conv.bias * scale, scale=scale,
-                           residual=out_weight[:channels].t().contiguous(), residual_bias=out_bias[:channels],
-                           skip=out_weight[channels:].t().contiguous(), skip_bias=out_bias[channels:])
-
-
-class TileWeights(NamedTuple):
-    """One residual layer's weights for the time-major (channels-last) inference tiles.
-
-    The filter half of the dilated conv is scaled by -2 so that one sigmoid over all 2C channels gives both
-    halves of the gate, with tanh(f) = 1 - 2 sigmoid(-2 f): a third of the cost of a separate tanh, equal
-    to it within float32 rounding.
-    """
-
-    taps: tuple[Tensor, Tensor, Tensor]  # [C, 2C] each, for the samples t - d, t, t + d
-    bias: Tensor  # [2C], times `scale`
-    scale: Tensor  # [2C]: 1 on the gate half, -2 on the filter half
-    residual: Tensor  # [C, C]
-    residual_bias: Tensor  # [C]
-    skip: Tensor  # [C, C]
-    skip_bias: Tensor  # [C]
-
-
-class TileBuffers:
-    """Scratch tensors of one tiled forward, reused by every tile of every layer (no fresh allocations)."""
-
-    def __init__(self, h: Tensor, max_dilation: int) -> None:
-        channels = h.shape[-1]
-        self.conv_input = h.new_empty(INFERENCE_TILE + 2 * max_dilation, channels)
-        self.pre_activation = h.new_empty(INFERENCE_TILE, 2 * channels)
-        self.gated = h.new_empty(INFERENCE_TILE, channels)
-
-
-def tile_forward(weights: TileWeights, conv_input: Tensor, dilation: int, bias: Tensor,
-                 conditioning: Tensor | None, buffers: TileBuffers) -> Tensor:
-    """The gated activation [T, C] of one time-major tile, from its conv input [T + 2 * dilation, C].
-
-    The dilated conv is three matrix products on row-shifted views of the same rows (no im2col copy); `bias`
-    [2C] is added to it, scaled as the weights are.
-    """
-    length = conv_input.shape[0] - 2 * dilation
-    y = buffers.pre_activation[:length]
-    if conditioning is None:
-        y.copy_(bias.expand_as(y))
-    else:
-        torch.addcmul(bias, conditioning, weights.scale, out=y)
-    for k, tap in enumerate(weights.taps):
-        y.addmm_(conv_input[k * dilation:k * dilation + length], tap)
-    y.sigmoid_()
-    channels = y.shape[1] // 2
-    gate, filter_ = y[:, :channels], y[:, channels:]  # sigmoid(gate), sigmoid(-2 filter)
-    return torch.addcmul(gate, gate, filter_, value=-2.0, out=buffers.gated[:length])
-
-
-def edge_conv_input(h: Tensor, step: Tensor, low: int, high: int, dilation: int, outside: Tensor | None,
-                    buffer: Tensor) -> Tensor:
-    """h + step on the rows [low - dilation, high + dilation) of h [N, C], zero beyond the signal and where
-    `outside` [N, 1] is True, as the whole-signal loop's padding and mask make it; written into `buffer`."""
-    start, stop = max(0, low - dilation), min(h.shape[0], high + dilation)
-    conv_input = buffer[:high - low + 2 * dilation]
-    conv_input[:start - low + dilation].zero_()
-    conv_input[stop - low + dilation:].zero_()
-    inside = conv_input[start - low + dilation:stop - low + dilation]
-    torch.add(h[start:stop], step, out=inside)
-    if outside is not None:
-        inside.masked_fill_(outside[start:stop], 0.0)
-    return conv_input
-
 
 class DiffWave(nn.Module):
     """eps_theta(x_t, t, mel): the noise estimate for audio x_t [B, N] at 0-based steps t [B].
@@ -262,7 +185,8 @@ class DiffWave(nn.Module):
         It does not depend on the step, so samplers compute it once per utterance and reuse it at every step.
         With grad or off the CPU the L per-layer 1x1 projections run as one stacked convolution. For CPU
         inference they run as matrix products written time-major ([B, L, F * hop, 2C] in memory, the shape
-        above being a transposed view), so that the tiled forward reads each tile's conditioning as one block.
+        above being a transposed view; bf16 under CPU autocast to bf16), so that the tiled forward of
+        model/cpu_kernels.py reads each tile's conditioning as one block.
         `out`, a tensor of the result's shape, receives the result (directly on the CPU inference path, by a
         copy otherwise): a caller conditioning window after window can reuse one buffer rather than have the
         operating system fault in fresh gigabytes (about 1 s per 5 s of audio for BASE on a CPU).
@@ -273,17 +197,12 @@ class DiffWave(nn.Module):
             raise ValueError(f"mel must have shape [batch, {self.n_mels}, frames], got {tuple(mel.shape)}")
         upsampled = self.spectrogram_upsampler(mel)
         projections = [layer.conditioner_projection for layer in self.residual_layers]
-        batch, length = mel.shape[0], upsampled.shape[-1]
-        if not self._tiles_apply(upsampled):
-            weight, bias = torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections])
-            conditioning = F.conv1d(upsampled, weight, bias).view(batch, len(projections), -1, length)
-            return conditioning if out is None else out.copy_(conditioning)
-        if out is None:
-            out = upsampled.new_empty(batch, len(projections), length, 2 * self.residual_channels).transpose(2, 3)
-        for row in range(batch):
-            for i, projection in enumerate(projections):
-                torch.addmm(projection.bias, upsampled[row].t(), projection.weight[:, :, 0].t(), out=out[row, i].t())
-        return out
+        gemm_dtype = tile_gemm_dtype(mel)
+        if gemm_dtype is not None:
+            return time_major_conditioning(upsampled, projections, gemm_dtype, out)
+        weight, bias = torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections])
+        conditioning = F.conv1d(upsampled, weight, bias).view(mel.shape[0], len(projections), -1, upsampled.shape[-1])
+        return conditioning if out is None else out.copy_(conditioning)
 
     def _check_conditioning(self, x: Tensor, cond: Tensor | None, mel: Tensor | None) -> None:
         if self.n_mels is None:
@@ -327,8 +246,11 @@ class DiffWave(nn.Module):
         self._check_conditioning(x, cond, mel)
         h = F.relu(self.input_projection(x.unsqueeze(1)))
         step_embedding = self.diffusion_embedding(t)
-        if self._tiles_apply(x):
-            skip_sum = self._tiled_layers(h, step_embedding, cond if mel is None else self.condition(mel), mask)
+        gemm_dtype = tile_gemm_dtype(x)
+        if gemm_dtype is not None:  # CPU inference: model/cpu_kernels.py
+            steps = torch.stack([layer.diffusion_projection(step_embedding) for layer in self.residual_layers], 1)
+            skip_sum = tiled_layers(self, h.float(), steps.float(), cond if mel is None else self.condition(mel),
+                                    mask, gemm_dtype)
         else:
             skip_sum = None
             layer_mask = None if mask is None else mask.unsqueeze(1)
@@ -344,57 +266,3 @@ class DiffWave(nn.Module):
         h = skip_sum / math.sqrt(len(self.residual_layers))
         h = F.relu(self.skip_projection(h))
         return self.output_projection(h).squeeze(1)
-
-    @staticmethod
-    def _tiles_apply(x: Tensor) -> bool:
-        """Whether the tiled, time-major forward runs: CPU inference in float32 (a GPU wants whole signals)."""
-        return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu"))
-
-    def _tiled_layers(self, h: Tensor, step_embedding: Tensor, cond: Tensor | None, mask: Tensor | None) -> Tensor:
-        """The residual stack tile by tile along time, channels-last (CPU inference); the sum of the skips.
-
-        Same result as the whole-signal loop within float32 rounding, and faster on a CPU: every layer's
-        temporaries are [tile, 2C] scratch tensors reused by all tiles (the whole-signal loop allocates
-        [2C, N] arrays, page-faulted in afresh at every layer and step), and time-major, each tile's work
-        is plain matrix products on row slices plus four elementwise passes (1.7x faster than channel-major
-        tiles for BASE on 5 s with 2 threads). Each tile reads a halo of `dilation` samples per side from
-        its neighbours, and zeros beyond the signal, as the conv's zero padding does. Rows of a batch run
-        one after the other.
-        """
-        weights = [layer.tile_weights() for layer in self.residual_layers]
-        steps = torch.stack([layer.diffusion_projection(step_embedding) for layer in self.residual_layers], 1)
-        skip_sum = torch.empty_like(h.transpose(1, 2))
-        buffers = TileBuffers(skip_sum[0], max(layer.dilation for layer in self.residual_layers))
-        for row in range(h.shape[0]):
-            outside = None if mask is None or mask[row].all() else ~mask[row, :, None]
-            self._tiled_row(h[row].t().contiguous(), skip_sum[row], steps[row], weights,
-                            None if cond is None else cond[row].transpose(1, 2), outside, buffers)
-        return skip_sum.transpose(1, 2)
-
-    def _tiled_row(self, h: Tensor, skip_sum: Tensor, steps: Tensor, weights: list[TileWeights],
-                   cond: Tensor | None, outside: Tensor | None, buffers: TileBuffers) -> None:
-        """One utterance: h [N, C] time-major, steps [L, C], cond [L, N, 2C], outside [N, 1] (True beyond the
-        utterance in a padded batch); writes skip_sum [N, C].
-
-        Tiles whose halo lies inside the signal (and no mask) read h itself: conv(h + step) = conv(h) +
-        sum_k W_k step there, so the step joins the bias. Only edge tiles build their conv input.
-        """
-        length, scale = h.shape[0], 1.0 / math.sqrt(2.0)
-        skip_sum.copy_(sum(w.skip_bias for w in weights).expand_as(skip_sum))
-        next_h = torch.empty_like(h)
-        offset = torch.zeros_like(steps[0])  # h's per-channel offset: the residual biases, added via steps
-        for i, (layer, w) in enumerate(zip(self.residual_layers, weights, strict=True)):
-            d, step = layer.dilation, steps[i] + offset
-            interior_bias = w.bias + sum(step @ tap for tap in w.taps)
-            for low in range(0, length, INFERENCE_TILE):
-                high = min(length, low + INFERENCE_TILE)
-                if outside is None and d <= low and high + d <= length:
-                    conv_input, bias = h[low - d:high + d], interior_bias
-                else:
-                    conv_input, bias = edge_conv_input(h, step, low, high, d, outside, buffers.conv_input), w.bias
-                gated = tile_forward(w, conv_input, d, bias, None if cond is None else cond[i, low:high], buffers)
-                skip_sum[low:high].addmm_(gated, w.skip)
-                torch.addmm(h[low:high], gated, w.residual, beta=scale, alpha=scale, out=next_h[low:high])
-            h, next_h = next_h, h
-            offset = (offset + w.residual_bias) * scale
