@@ -1,7 +1,7 @@
 """Vocoding speed: real-time factor, achieved GFLOP/s against this device's measured matmul peak; memory.
 
     python benchmarks/inference_speed.py [--seconds 5] [--models base,large] [--samplers fast,ddim,ddpm]
-                                         [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--long-seconds 30]
+                                         [--device cpu|cuda] [--dtypes fp32,bf16] [--long-seconds 30]
                                          [--memory-seconds 30,600]
 
 Everything is measured in this one run, on randomly initialised models (speed does not depend on the
@@ -12,12 +12,17 @@ weights), through `Vocoder.vocode`, the path users call:
   plus the skip 1x1 conv 2 C^2 and the input/output projections 4 C:  L * 16 C^2 + 2 C^2 + 4 C
   (BASE: 1.98 MFLOP; LARGE: 7.90 MFLOP). The conditioning (upsampler + L projections 2*n_mels*2C) is
   computed once per utterance (per window, for long inputs) and not counted per step; its time is in the RTF.
-- peak = the best of several square fp32 (or --dtype) matmuls of size 2048 on the same device and threads.
+- precisions side by side (--dtypes; default fp32,bf16, and fp16 on CUDA): RTF and % of that precision's
+  matmul peak per precision, and each lower precision's SNR against fp32 on the same noise (fidelity).
+  bf16 on a CPU without bf16 matrix units (no AMX, no AVX512-BF16) is emulated, hence slower than fp32:
+  `--dtype auto` picks fp32 there.
+- peak = the best of several square matmuls of size 2048 in that precision on the same device and threads.
 - cached vs per-step conditioning: the same fast-sampler loop with `model.condition(mel)` recomputed at
   every step, as the reference implementation does, for BASE. Both sides allocate their conditioning
   afresh (as a one-off caller would), so the ratio is the recomputation (upsampler + projections) plus the
   fresh memory it needs each time, against one projection per utterance.
-- long input: RTF for --long-seconds of audio (chunked synthesis) against the --seconds RTF.
+- long input: RTF for --long-seconds of audio (chunked synthesis) against the --seconds RTF, and the RTF of
+  the default 3 s windows against 5 s windows (the price of their smaller conditioning buffer).
 - memory: the peak resident memory of a fresh process that vocodes --memory-seconds of audio with BASE,
   one child process per length, with `ddim` at 1 step so that 10 minutes take a few minutes on a CPU. The
   step count does not change the peak: every step of a window reuses the same tensors (x, the window's
@@ -42,6 +47,7 @@ from diffwave.config import load_config
 from diffwave.diffusion import NoiseSchedule, fast_schedule, sample
 from diffwave.diffusion.reverse_plans import DDIM_DEFAULT_STEPS
 from diffwave.inference import Vocoder
+from diffwave.inference.chunking import CHUNK_SECONDS
 from diffwave.model import DiffWave
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -68,14 +74,21 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def vocode_rtf(vocoder: Vocoder, seconds: float, sampler: str) -> float:
+def vocode_rtf(vocoder: Vocoder, seconds: float, sampler: str, **options) -> tuple[float, torch.Tensor]:
+    """(RTF, audio) of vocoding `seconds` of a fixed random mel with a fixed seed: every precision gets the
+    same mel and the same noise, so their audio can be compared."""
     frames = round(seconds * vocoder.sample_rate / vocoder.hop_length)
-    mel = torch.randn(vocoder.n_mels, frames) - 5.0  # hifigan-range log-mel values
-    generator = torch.Generator().manual_seed(0)
-    run = lambda: vocoder.vocode(mel, sampler=sampler, generator=generator)  # noqa: E731
+    mel = torch.randn(vocoder.n_mels, frames, generator=torch.Generator().manual_seed(1)) - 5.0  # hifigan range
+    audio = []
+    run = lambda: audio.append(vocoder.vocode(mel, sampler=sampler, generator=torch.Generator().manual_seed(0),  # noqa: E731
+                                              **options))
     run()  # warm-up
     audio_seconds = frames * vocoder.hop_length / vocoder.sample_rate
-    return timed(run, vocoder.device) / audio_seconds
+    return timed(run, vocoder.device) / audio_seconds, audio[-1]
+
+
+def snr_db(reference: torch.Tensor, other: torch.Tensor) -> float:
+    return 10 * torch.log10(reference.pow(2).sum() / (other - reference).pow(2).sum().clamp(min=1e-30)).item()
 
 
 def per_step_conditioning_ratio(vocoder: Vocoder, seconds: float) -> float:
@@ -109,7 +122,7 @@ def peak_memory(name: str, seconds: float, device: torch.device, dtype: torch.dt
     queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, on_device))
 
 
-def memory_rows(lengths: list[float], device: torch.device, dtype: torch.dtype) -> None:
+def memory_rows(lengths: list[float], device: torch.device, dtype: torch.dtype, label: str) -> None:
     """Peak memory per length, each in a fresh process (a high-water mark cannot be reset in-process)."""
     context = multiprocessing.get_context("spawn")
     peaks = []
@@ -126,8 +139,9 @@ def memory_rows(lengths: list[float], device: torch.device, dtype: torch.dtype) 
         child.join()
         peaks.append(host)
         extra = f", CUDA max allocated {on_device:.0f} MiB" if device.type == "cuda" else ""
-        print(f"BASE ddim 1 step, {seconds:g} s of audio: peak resident memory {host:.0f} MiB{extra}", flush=True)
-    print(f"BASE peak memory {lengths[-1]:g} s / {lengths[0]:g} s: {peaks[-1] / peaks[0]:.2f}")
+        print(f"BASE {label} ddim 1 step, {seconds:g} s of audio: peak resident memory {host:.0f} MiB{extra}",
+              flush=True)
+    print(f"BASE {label} peak memory {lengths[-1]:g} s / {lengths[0]:g} s: {peaks[-1] / peaks[0]:.2f}")
 
 
 def main() -> None:
@@ -138,32 +152,46 @@ def main() -> None:
     parser.add_argument("--models", default="base,large")
     parser.add_argument("--samplers", default="fast,ddim,ddpm")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    parser.add_argument("--dtypes", help="comma-separated precisions (default: fp32,bf16; plus fp16 on CUDA)")
     args = parser.parse_args()
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    peak = matmul_peak_gflops(device, dtype)
+    device = torch.device(args.device)
+    names = (args.dtypes or ("fp32,bf16,fp16" if device.type == "cuda" else "fp32,bf16")).split(",")
+    peaks = {name: matmul_peak_gflops(device, DTYPES[name]) for name in names}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"inference speed on {where}, {args.dtype}; measured matmul peak {peak:.1f} GFLOP/s")
-    print(f"{'model':>6} {'sampler':>8} {'steps':>5} {'audio s':>7} {'RTF':>8} {'GFLOP/s':>8} {'% peak':>7}")
-    for name in args.models.split(","):
-        vocoder = random_vocoder(name, device, dtype)
+    print(f"inference speed on {where}; measured matmul peak " + ", ".join(f"{n} {p:.1f}" for n, p in peaks.items())
+          + " GFLOP/s")
+    columns = "".join(f" {n + ' RTF':>9} {'% peak':>7}" for n in names)
+    fidelity = "".join(f" {n + ' SNR dB':>11}" for n in names if n != "fp32")
+    print(f"{'model':>6} {'sampler':>8} {'steps':>5} {'audio s':>7}{columns}{fidelity}")
+    for model in args.models.split(","):
+        vocoders = {name: random_vocoder(model, device, DTYPES[name]) for name in names}
+        config = vocoders[names[0]].config
         for sampler in args.samplers.split(","):
             seconds = 1.0 if sampler == "ddpm" else args.seconds
-            steps = {"fast": len(vocoder.config.diffusion.fast_schedule), "ddpm": vocoder.config.diffusion.num_steps,
-                     "ddim": min(DDIM_DEFAULT_STEPS, vocoder.config.diffusion.num_steps)}[sampler]
-            rtf = vocode_rtf(vocoder, seconds, sampler)
-            gflops = flops_per_sample_step(vocoder.config) * vocoder.sample_rate * steps / rtf / 1e9
-            share = 100 * gflops / peak
-            row = f"{name:>6} {sampler:>8} {steps:5d} {seconds:7.1f} {rtf:8.3f} {gflops:8.1f} {share:6.1f}%"
+            steps = {"fast": len(config.diffusion.fast_schedule), "ddpm": config.diffusion.num_steps,
+                     "ddim": min(DDIM_DEFAULT_STEPS, config.diffusion.num_steps)}[sampler]
+            results = {name: vocode_rtf(vocoder, seconds, sampler) for name, vocoder in vocoders.items()}
+            row = f"{model:>6} {sampler:>8} {steps:5d} {seconds:7.1f}"
+            for name, (rtf, _) in results.items():
+                gflops = flops_per_sample_step(config) * config.audio.sample_rate * steps / rtf / 1e9
+                row += f" {rtf:9.3f} {100 * gflops / peaks[name]:6.1f}%"
+            if "fp32" in results:
+                row += "".join(f" {snr_db(results['fp32'][1], audio):11.1f}" for name, (_, audio) in results.items()
+                               if name != "fp32")
             print(row, flush=True)
-    base = random_vocoder("base", device, dtype)
-    print(f"BASE fast, per-step / cached conditioning time: {per_step_conditioning_ratio(base, args.seconds):.2f}x")
+    base = random_vocoder("base", device, DTYPES[names[0]])
+    print(f"BASE fast {names[0]}, per-step / cached conditioning time: "
+          f"{per_step_conditioning_ratio(base, args.seconds):.2f}x")
     if args.long_seconds > 0:
-        short, long = vocode_rtf(base, args.seconds, "fast"), vocode_rtf(base, args.long_seconds, "fast")
-        ratio = long / short
-        print(f"BASE fast, RTF {args.long_seconds:g} s / {args.seconds:g} s: {long:.3f} / {short:.3f} = {ratio:.2f}")
+        short, long = vocode_rtf(base, args.seconds, "fast")[0], vocode_rtf(base, args.long_seconds, "fast")[0]
+        print(f"BASE fast {names[0]}, RTF {args.long_seconds:g} s / {args.seconds:g} s: {long:.3f} / {short:.3f} = "
+              f"{long / short:.2f}")
+        wide = vocode_rtf(base, args.long_seconds, "fast", chunk_seconds=5.0)[0]
+        print(f"BASE fast {names[0]}, {args.long_seconds:g} s, RTF with {CHUNK_SECONDS:g} s / 5 s windows: "
+              f"{long:.3f} / {wide:.3f} = {long / wide:.2f}")
     if args.memory_seconds:
-        memory_rows([float(seconds) for seconds in args.memory_seconds.split(",")], device, dtype)
+        for name in names:
+            memory_rows([float(seconds) for seconds in args.memory_seconds.split(",")], device, DTYPES[name], name)
 
 
 if __name__ == "__main__":

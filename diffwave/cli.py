@@ -79,7 +79,9 @@ def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="DDIM steps")
     parser.add_argument("--schedule", help="fast schedule: a preset (base, large) or comma-separated betas")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="auto (default): bf16 on CPUs with bf16 matrix units (AMX, AVX512-BF16), else fp32; "
+                             "the log says which and why. fp16 needs CUDA")
     parser.add_argument("--batch-size", type=int, default=1, help="mels vocoded together (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     parser.add_argument("--force", action="store_true", help="replace existing output files")
@@ -95,12 +97,10 @@ def _parse_schedule(text: str | None) -> str | list[float] | None:
 
 
 def _vocode_command(args: argparse.Namespace) -> int | None:
-    import torch
-
     from diffwave.inference.files import vocode_files
     from diffwave.inference.vocoder import Vocoder
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = args.dtype  # the vocoder resolves the names, "auto" included
     if args.checkpoint is None:
         from diffwave import pretrained
 

@@ -43,6 +43,7 @@ def test_vocodes_mels_and_audio_into_wavs(tiny_checkpoint, inputs, tmp_path):
     result = run_vocode(str(inputs), "--checkpoint", str(tiny_checkpoint), "-o", str(out), "--batch-size", "2")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
+    assert "precision auto -> " in result.stderr  # the default dtype says which precision it picked, and why
     summary = result.stdout.strip().splitlines()[-1]
     assert summary.startswith("vocode: 3 files, ") and "real-time factor" in summary and "0 failed" in summary
     frames = np.load(inputs / "utt_mel.npy").shape[1]

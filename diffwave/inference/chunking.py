@@ -35,7 +35,7 @@ from torch import Tensor
 from diffwave.errors import DiffwaveError
 
 NOISE_BLOCK = 8192  # samples per independently seeded noise block
-CHUNK_SECONDS = 5.0  # window core; see the defaults note in Vocoder.vocode
+CHUNK_SECONDS = 3.0  # window core: bounds BASE's peak memory to ~2.3 GB; see the note in Vocoder.vocode
 OVERLAP_SECONDS = 0.3  # context on each side of a window, and the cross-fade length
 
 

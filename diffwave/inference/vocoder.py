@@ -180,12 +180,14 @@ class Vocoder:
         positions. The same generator state gives the same audio, whatever the batch or the chunking.
 
         Long inputs: windows of `chunk_seconds` plus `overlap_seconds` of context on each side, cross-faded
-        over `overlap_seconds` (`chunk_seconds=None`: one window). The defaults (5 s, 0.3 s) bound the BASE
-        model's cached conditioning to about 1.9 GB in fp32 at 22.05 kHz (halve the chunk to halve it) at
-        12% extra compute. A window edge disturbs the audio within about 1.6 receptive fields of one forward
-        pass (BASE: +-3069 samples, 0.14 s) by more than 1e-4, not the chain's S-fold reach; every
-        cross-faded sample has at least 0.15 s (3307 samples) of context in both windows. On a CPU the
-        window's conditioning lives in one buffer that the vocoder keeps for its next window and call.
+        over `overlap_seconds` (`chunk_seconds=None`: one window). The defaults (3 s, 0.3 s) bound the BASE
+        model's cached conditioning to about 1.2 GB in fp32 at 22.05 kHz (0.6 GB in bf16), at 20% extra
+        compute (5 s windows: 1.9 GB, 12%), so a process vocoding any length peaks at about 2.3 GB in fp32
+        (benchmarks/inference_speed.py, memory rows). A window edge disturbs the audio within about 1.6
+        receptive fields of one forward pass (BASE: +-3069 samples, 0.14 s) by more than 1e-4, not the chain's
+        S-fold reach; every cross-faded sample has at least 0.15 s (3307 samples) of context in both windows.
+        On a CPU the window's conditioning lives in one buffer that the vocoder keeps for its next window and
+        call.
         """
         plan = self.plan(sampler, steps, schedule)
         layout = ChunkLayout.from_seconds(chunk_seconds, overlap_seconds, self.sample_rate / self.hop_length)
