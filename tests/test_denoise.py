@@ -183,13 +183,15 @@ def test_stereo_arrays_are_downmixed_like_files(tiny_unconditional):
     assert from_stereo.shape == left.shape and torch.equal(from_stereo, from_mean)
 
 
-def test_chunked_denoising_matches_one_window(tiny_unconditional):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_chunked_denoising_matches_one_window(tiny_unconditional, precision):
     """Windows share the positional noise, so only the network's edge effects differ, inside the cross-fades."""
     model, config = tiny_unconditional
     noisy = noisy_tone(8000, 2.0, 0.02)
-    whole = denoise(noisy, 8000, model, config=config, chunk_seconds=None, generator=torch.Generator().manual_seed(3))
-    chunked = denoise(noisy, 8000, model, config=config, chunk_seconds=0.5, overlap_seconds=0.1,
-                      generator=torch.Generator().manual_seed(3))
+    seeded = dict(config=config, dtype=precision, generator=torch.Generator().manual_seed(3))
+    whole = denoise(noisy, 8000, model, chunk_seconds=None, **seeded)
+    seeded["generator"] = torch.Generator().manual_seed(3)
+    chunked = denoise(noisy, 8000, model, chunk_seconds=0.5, overlap_seconds=0.1, **seeded)
     assert whole.start_step == chunked.start_step > 0
     difference = (whole.audio - chunked.audio).abs()
     assert difference.max().item() < 1e-2 * whole.audio.abs().max().item()

@@ -62,16 +62,25 @@ def test_python_api_with_every_sampler(unconditional_checkpoint):
     ("ddpm", None, list(range(49, -1, -1))),
     ("fast", None, 6),  # the tiny preset's 6 betas
 ])
-def test_generate_runs_the_sampler_and_steps_it_is_given(sampler, steps, expected):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_generate_runs_the_sampler_and_steps_it_is_given(sampler, steps, expected, precision):
     """The model is called once per reverse step of the named plan, with that plan's steps, for every clip of
-    the batch at once."""
+    the batch at once, in either precision (bf16: the network under autocast, the chain in fp32)."""
     config = load_config("tiny", ["model.conditional=false"])
     torch.manual_seed(0)
     model = DiffWave.from_config(config).eval()
     calls: list[list[float]] = []
-    model.register_forward_hook(lambda module, args, out: calls.append(args[1].tolist()))
-    clips = generate(model, config, 2, 0.05, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0))
-    assert len(clips) == 2 and all(c.shape == (400,) for c in clips)
+    outputs: list[torch.dtype] = []
+
+    def record(module, args, out):
+        calls.append(args[1].tolist())
+        outputs.append(out.dtype)
+
+    model.register_forward_hook(record)
+    clips = generate(model, config, 2, 0.05, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0),
+                     dtype=precision)
+    assert len(clips) == 2 and all(c.shape == (400,) and c.dtype == torch.float32 for c in clips)
+    assert set(outputs) == {torch.float32 if precision == "fp32" else torch.bfloat16}
     assert all(len(t) == 2 and t[0] == t[1] for t in calls)
     if isinstance(expected, int):
         assert len(calls) == expected and len({t[0] for t in calls}) == expected

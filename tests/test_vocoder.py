@@ -239,7 +239,7 @@ def test_fp16_needs_cuda_and_auto_picks_bf16_only_with_bf16_matrix_units(
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
         caplog.clear()
-        with caplog.at_level("INFO", logger="diffwave.vocoder"):
+        with caplog.at_level("INFO", logger="diffwave.precision"):
             assert Vocoder.from_checkpoint(checkpoint, device="cpu", dtype="auto").dtype == expected
         assert any("precision auto -> " in r.message and why in r.message for r in caplog.records)
 

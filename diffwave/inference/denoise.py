@@ -36,6 +36,7 @@ from diffwave.diffusion.sampling import EpsFn, NoiseFn
 from diffwave.errors import DiffwaveError
 from diffwave.inference.chunking import OVERLAP_SECONDS, ChunkLayout, PositionalNoise, draw_seed, overlap_add
 from diffwave.inference.loading import load_unconditional
+from diffwave.inference.precision import autocast, resolve_dtype
 from diffwave.model import DiffWave
 
 logger = logging.getLogger("diffwave.denoise")
@@ -141,14 +142,16 @@ def _model_and_config(model: DiffWave | str | os.PathLike[str], config: Config |
 def denoise(audio: Tensor | np.ndarray, sample_rate: int, model: DiffWave | str | os.PathLike[str],
             t_start: int | None = None, *, config: Config | None = None, sdedit: bool = False,
             generator: torch.Generator | None = None, target_rms: float = DEFAULT_TARGET_RMS,
-            chunk_seconds: float | None = DENOISE_CHUNK_SECONDS, overlap_seconds: float | None = None) -> Denoised:
+            chunk_seconds: float | None = DENOISE_CHUNK_SECONDS, overlap_seconds: float | None = None,
+            dtype: torch.dtype | str | None = None) -> Denoised:
     """Denoise audio [samples] (or soundfile's [samples, channels], downmixed by the mean) at `sample_rate`.
 
     `model` is an unconditional DiffWave with its `config`, or the path of an unconditional checkpoint. The
     signal is resampled to the model's rate (and back), normalised to `target_rms` (and restored), and t* is
     chosen from the estimated noise level unless given. The same generator state gives the same output.
     Long inputs run in windows of `chunk_seconds` (None: one window) with `overlap_seconds` of context on
-    each side (None: enough for the network's reach, at least the vocoder's 0.3 s).
+    each side (None: enough for the network's reach, at least the vocoder's 0.3 s). The network runs in
+    `dtype` (None: fp32; "auto", "bf16", ...: see inference/precision.py), the chain in fp32.
     """
     model, config = _model_and_config(model, config)
     audio = as_mono(audio, "denoise input")
@@ -180,7 +183,7 @@ def denoise(audio: Tensor | np.ndarray, sample_rate: int, model: DiffWave | str 
                 schedule.num_steps, " (SDEdit)" if sdedit else "")
     with torch.inference_mode():
         out = _windowed_chain(y, model, schedule, config.audio.hop_length, layout, t_start, sdedit,
-                              PositionalNoise(draw_seed(generator)))
+                              PositionalNoise(draw_seed(generator)), dtype)
     out = out.clone() * (rms / target_rms)  # an ordinary tensor again: callers may edit it in place
     if sample_rate != model_rate:
         out = AF.resample(out, model_rate, sample_rate)
@@ -189,16 +192,22 @@ def denoise(audio: Tensor | np.ndarray, sample_rate: int, model: DiffWave | str 
 
 
 def _windowed_chain(y: Tensor, model: DiffWave, schedule: NoiseSchedule, hop: int, layout: ChunkLayout,
-                    t_start: int, sdedit: bool, noise: PositionalNoise) -> Tensor:
+                    t_start: int, sdedit: bool, noise: PositionalNoise, dtype: torch.dtype | str | None) -> Tensor:
     """The truncated chain over y [N] window by window (windows in blocks of `hop` samples, cross-faded)."""
     device = next(model.parameters()).device
+    precision = resolve_dtype(dtype, device)
+
+    def eps_fn(x: Tensor, t: Tensor) -> Tensor:
+        with autocast(device, precision):
+            return model(x, t)
+
     frames = math.ceil(y.numel() / hop)
     padded = F.pad(y, (0, frames * hop - y.numel()))
 
     def run(_: list[int], spans: list[tuple[int, int]]) -> Tensor:
         (start, stop), = spans
         window = padded[start * hop:stop * hop]
-        return denoise_normalised(window[None].to(device), schedule, lambda x, t: model(x, t), t_start,
+        return denoise_normalised(window[None].to(device), schedule, eps_fn, t_start,
                                   sdedit=sdedit, noise_fn=_positional_noise(noise, start * hop, window.numel(), device))
 
     return overlap_add(layout, [frames], hop, run)[0][:y.numel()]

@@ -14,13 +14,16 @@ from diffwave.diffusion import NoiseSchedule, sample
 from diffwave.diffusion.reverse_plans import plan_for
 from diffwave.errors import DiffwaveError
 from diffwave.inference.files import output_targets
+from diffwave.inference.precision import autocast, resolve_dtype
 from diffwave.model import DiffWave
 
 
 def generate(model: DiffWave, config: Config, count: int, seconds: float, *, sampler: str = "fast",
              steps: int | None = None, schedule: str | list[float] | None = None,
-             generator: torch.Generator | None = None, batch_size: int = 8) -> list[Tensor]:
-    """`count` clips of `seconds` each, as CPU float32 tensors in [-1, 1], in batches of `batch_size`."""
+             generator: torch.Generator | None = None, batch_size: int = 8,
+             dtype: torch.dtype | str | None = None) -> list[Tensor]:
+    """`count` clips of `seconds` each, as CPU float32 tensors in [-1, 1], in batches of `batch_size`; the
+    network in `dtype` (None: fp32; "auto", "bf16", ...: see inference/precision.py), the chain in fp32."""
     if model.conditional:
         raise DiffwaveError("generate needs an unconditional model; this one is conditioned on mels")
     if count < 1 or seconds <= 0 or batch_size < 1:
@@ -29,11 +32,17 @@ def generate(model: DiffWave, config: Config, count: int, seconds: float, *, sam
                     default_fast=config.diffusion.fast_schedule)
     length = max(1, round(seconds * config.audio.sample_rate))
     device = next(model.parameters()).device
+    precision = resolve_dtype(dtype, device)
+
+    def eps_fn(x: Tensor, t: Tensor) -> Tensor:
+        with autocast(device, precision):
+            return model(x, t)
+
     clips: list[Tensor] = []
     with torch.inference_mode():
         for start in range(0, count, batch_size):
             batch = min(batch_size, count - start)
-            audio = sample(plan, lambda x, t: model(x, t), (batch, length), generator=generator, device=device,
+            audio = sample(plan, eps_fn, (batch, length), generator=generator, device=device,
                            clip=True)
             clips.extend(audio.float().cpu().clone())
     return clips

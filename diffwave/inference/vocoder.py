@@ -44,42 +44,13 @@ from diffwave.inference.chunking import (
     utterance_seed,
 )
 from diffwave.inference.loading import load_model
+from diffwave.inference.precision import autocast, resolve_dtype
 from diffwave.model import DiffWave
 
 logger = logging.getLogger("diffwave.vocoder")
 
 MEL_MARGIN = 1  # mel frames beyond a window that make its conditioning exact (the upsampler reaches one frame)
 LOG_FLOOR = -11.5130  # ln(1e-5): hifigan mels are clamped here
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def cpu_has_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AMX tiles or AVX512-BF16); elsewhere PyTorch
-    emulates bf16 GEMMs through fp32, slower than fp32 itself (measured: see the README's inference table)."""
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-
-
-def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
-    """The precision `dtype="auto"` picks on `device`, and why (for the log line)."""
-    if device.type != "cpu":
-        return torch.float32, f"fp32 on {device.type} (half precision there is an explicit choice: --dtype)"
-    if cpu_has_bf16_matmul():
-        return torch.bfloat16, "bf16: this CPU has bf16 matrix units (AMX or AVX512-BF16)"
-    return torch.float32, "fp32: this CPU has no bf16 matrix units (no AMX, no AVX512-BF16), so bf16 would be slower"
-
-
-def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    """None means fp32; "auto" picks per device (`auto_dtype`) and logs which and why; fp16 needs CUDA."""
-    if dtype == "auto":
-        resolved, why = auto_dtype(device)
-        logger.info("precision auto -> %s", why)
-        return resolved
-    resolved = PRECISIONS.get(dtype, dtype) if isinstance(dtype, str) else dtype or torch.float32
-    if resolved not in PRECISIONS.values():
-        raise VocodeError(f"dtype must be auto or one of {', '.join(PRECISIONS)}, got {dtype}")
-    if resolved == torch.float16 and device.type != "cuda":
-        raise VocodeError(f"{dtype} inference needs a CUDA device; on {device} use fp32 or bf16")
-    return resolved
 
 
 def _unconditional(what: str) -> VocodeError:
@@ -95,7 +66,7 @@ class Vocoder:
         if not model.conditional:
             raise _unconditional("this")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = _resolve_dtype(dtype, self.device)
+        self.dtype = resolve_dtype(dtype, self.device, VocodeError)
         self.model = model.to(self.device).eval()
         self._config = config
         self.schedule = NoiseSchedule.from_config(config.diffusion)
@@ -349,4 +320,4 @@ class Vocoder:
         return self._buffer[:size].view(rows, layers, channels, length)
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        return autocast(self.device, self.dtype)
