@@ -105,6 +105,8 @@ def markdown_table(results: list[ClipResult]) -> str:
 def describe_setup(vocoder: Vocoder, clips: dict[str, Tensor], sampler: str = "fast") -> str:
     """One sentence saying what the table measured (clips, steps, threads), for the card and the page."""
     seconds = sum(clip.numel() for clip in clips.values()) / vocoder.sample_rate
+    # RTF depends on what else the machine runs: say how busy it was (a shared CPU can be several times slower).
+    load = f", 1-minute load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     return (f"{len(clips)} held-out clips ({seconds:.1f} s), DiffWave with {len(vocoder.plan(sampler))} "
-            f"{sampler} steps on {vocoder.device} ({torch.get_num_threads()} threads), Griffin-Lim "
+            f"{sampler} steps on {vocoder.device} ({torch.get_num_threads()} threads{load}), Griffin-Lim "
             f"{GRIFFIN_LIM_ITERATIONS} iterations (momentum 0.99) on the same mels")
