@@ -41,7 +41,8 @@ def test_ship_writes_weights_card_manifest_and_readme_that_agree(scratch, tiny_c
     digest = hashlib.sha256(weights).hexdigest()
     assert (entry.name, entry.default, entry.sha256) == ("tiny", True, digest)
     card = (target / entry.card).read_text()
-    assert f"sha256 `{digest}`" in card and "step 20" in card and "TODO(lead)" in card
+    assert f"sha256 `{digest}`" in card and "step 20" in card
+    assert (ship.HERE / "tried_configs.md").read_text().strip() in card  # the tried-configs table, verbatim
     assert "$" not in card.split("## Config")[0]  # every template field was filled
     exported, _ = load_model_weights(target / entry.file)
     trained, _ = load_model_weights(tiny_checkpoint)  # the EMA weights of the checkpoint
