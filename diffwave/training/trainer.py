@@ -163,10 +163,12 @@ class Trainer:
         self.stop_request, self.stopping = StopRequest(), False  # fit() connects the request to SIGTERM/SIGINT
 
         self.dataset = crops_for_training(data_dir, config, "train", seed=train.seed)
-        # PriorGrad's corpus statistics go into the config that checkpoints carry (read only for priorgrad).
-        self.config = config = with_corpus_statistics(config, (np.load(u.mel, mmap_mode="r")
-                                                               for u in self.dataset.utterances))
-        self.prior = EnergyPrior.from_config(config)  # None: the standard N(0, I)
+        # PriorGrad's corpus statistics go into the config that checkpoints carry (read only for priorgrad); a
+        # resumed run takes the ones it started with from its checkpoint instead (see _restore).
+        if resume_from is None:
+            self.config = config = with_corpus_statistics(config, (np.load(u.mel, mmap_mode="r")
+                                                                   for u in self.dataset.utterances))
+        self.prior = EnergyPrior.from_config(config) if resume_from is None else None  # None: the standard N(0, I)
         self.sampler = ResumableSampler(self.dataset, context, seed=train.seed)
         self.local_batch = train.batch_size // context.world_size
         if len(self.sampler) < self.local_batch:
@@ -205,10 +207,10 @@ class Trainer:
         state = load_checkpoint(path, map_location=self.device)
         for note in check_compatible(state["config"], self.config, source=str(path)):
             logger.info("resuming with a changed setting: %s", note)
-        if self.prior is not None:  # the run's own corpus statistics, even if the feature folder has changed
+        if self.config.diffusion.prior == "priorgrad":  # the run's own corpus statistics, whatever the folder holds
             saved = {key: state["config"]["diffusion"][key] for key in ("prior_energy_min", "prior_energy_max")}
             self.config = replace(self.config, diffusion=replace(self.config.diffusion, **saved))
-            self.prior = EnergyPrior.from_config(self.config)
+        self.prior = EnergyPrior.from_config(self.config)
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
         self.ema.n_averaged.fill_(state["ema_updates"])
