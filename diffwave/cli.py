@@ -13,6 +13,7 @@ from pathlib import Path
 
 from diffwave import __version__
 from diffwave.config import PRESETS, config_to_yaml, load_config
+from diffwave.diffusion.sampling import CORRECTOR_SNR
 from diffwave.errors import DiffwaveError
 from diffwave.inference.denoise import DEFAULT_TARGET_RMS
 
@@ -68,6 +69,15 @@ _VOCODE_DESCRIPTION = ("Vocode mel spectrograms (.npy or .pt, [n_mels, frames]; 
                        "with a trained checkpoint.")
 
 
+def _add_corrector_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--corrector-steps", type=int, default=0,
+                        help="predictor-corrector sampling: Langevin steps at each noisy state the sampler lands "
+                             "on, one more network pass each (default: 0, none)")
+    parser.add_argument("--corrector-snr", type=float, default=CORRECTOR_SNR,
+                        help=f"the corrector's signal-to-noise ratio, which sets its step size (default: "
+                             f"{CORRECTOR_SNR}, Song et al.'s)")
+
+
 def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="mel files, audio files or folders")
     parser.add_argument("--checkpoint", help=f"{_CHECKPOINT_HELP} (default: the pretrained model shipped with the "
@@ -78,6 +88,7 @@ def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
                              "ddpm: the full chain")
     parser.add_argument("--steps", type=int, help="DDIM steps")
     parser.add_argument("--schedule", help="fast schedule: a preset (base, large) or comma-separated betas")
+    _add_corrector_arguments(parser)
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="auto (default): bf16 on CPUs with bf16 matrix units (AMX, AVX512-BF16), else fp32; "
@@ -112,7 +123,8 @@ def _vocode_command(args: argparse.Namespace) -> int | None:
         vocoder = Vocoder.from_checkpoint(args.checkpoint, device=args.device, dtype=dtype)
     summary = vocode_files(vocoder, args.inputs, args.out, sampler=args.sampler, steps=args.steps,
                            schedule=_parse_schedule(args.schedule), batch_size=args.batch_size, seed=args.seed,
-                           force=args.force)
+                           force=args.force, corrector_steps=args.corrector_steps,
+                           corrector_snr=args.corrector_snr)
     print(f"vocode: {summary.line()}; wavs in {args.out}")
     return 2 if summary.failures else None
 
@@ -141,7 +153,8 @@ def _generate_command(args: argparse.Namespace) -> None:
     generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
     start = time.perf_counter()
     clips = generate(model, config, args.n, args.seconds, sampler=args.sampler, steps=args.steps,
-                     schedule=_parse_schedule(args.schedule), generator=generator, batch_size=args.batch_size)
+                     schedule=_parse_schedule(args.schedule), generator=generator, batch_size=args.batch_size,
+                     corrector_steps=args.corrector_steps, corrector_snr=args.corrector_snr)
     seconds = time.perf_counter() - start
     paths = write_clips(clips, args.out, config.audio.sample_rate, force=args.force)
     audio_seconds = sum(clip.numel() for clip in clips) / config.audio.sample_rate
@@ -247,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampler", choices=("fast", "ddim", "ddpm"), default="fast")
     gen.add_argument("--steps", type=int, help="DDIM steps")
     gen.add_argument("--schedule", help="fast schedule: a preset (base, large) or comma-separated betas")
+    _add_corrector_arguments(gen)
     gen.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     gen.add_argument("--batch-size", type=int, default=8)
     gen.add_argument("--seed", type=int, default=0)

@@ -7,6 +7,12 @@ A data-dependent prior (PriorGrad, Lee et al. 2022) is a tensor S of standard de
 the sample's shape: the forward noise is S eps, so x_T ~ N(0, S^2) and the network predicts the noise as drawn,
 S eps. Dividing every state by S turns that chain into the standard one, so the update formulas stay as they
 are and only the fresh noise (x_T and each step's) is scaled by S. `prior_std=None` is the standard N(0, I).
+
+Predictor-corrector sampling (Song et al. 2021, "Score-based generative modeling through SDEs", Algorithm 5,
+VP case): after a reverse step lands on a noisy state, K steps of Langevin dynamics at that state's noise
+level pull x toward its marginal p(x_t). The score is read off the noise predictor,
+grad log p(x_t) = -E[eps | x_t] / sqrt(1 - abar), and each step is x <- x + e score + sqrt(2 e) z with the step
+e = 2 alpha (r ||z|| / ||score||)^2 set by the signal-to-noise ratio r (`langevin_step`).
 """
 
 from __future__ import annotations
@@ -18,13 +24,19 @@ import torch
 from torch import Tensor
 
 from diffwave.diffusion.reverse_plans import ReversePlan
+from diffwave.errors import ScheduleError
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 StepCallback = Callable[[int, Tensor], None]
-# noise_fn(i): standard normal noise of x's shape for plan index i (i = len(plan) for x_T). Callers whose
-# noise must depend on where a slice sits in a longer signal (chunked synthesis) supply it; by default the
-# noise comes from the generator.
+# noise_fn(i): standard normal noise of x's shape for draw i: i = 0..len(plan) - 1 the reverse steps' noise,
+# i = len(plan) x_T, and i = corrector_draw(...) > len(plan) the corrector's (each index at most once). Callers
+# whose noise must depend on where a slice sits in a longer signal (chunked synthesis) supply it; by default
+# the noise comes from the generator.
 NoiseFn = Callable[[int], Tensor]
+
+# Song et al.'s signal-to-noise ratio: score_sde's configs/default_cifar10_configs.py sets sampling.snr = 0.16
+# for all its CIFAR-10 models, VP (DDPM) ones included, with one corrector step per noise level.
+CORRECTOR_SNR = 0.16
 
 
 def ancestral_mean(x: Tensor, eps: Tensor, alpha_bar: float, alpha_bar_prev: float) -> Tensor:
@@ -90,12 +102,79 @@ def checked_prior(prior_std: Tensor, shape: tuple[int, ...] | torch.Size) -> Ten
     return prior_std
 
 
+def check_corrector(steps: int, snr: float) -> None:
+    """Refuse corrector settings that are not a whole number of steps >= 0 and a finite snr > 0."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ScheduleError(f"corrector steps must be a whole number >= 0, got {steps!r}")
+    if isinstance(snr, bool) or not isinstance(snr, int | float) or not (math.isfinite(snr) and snr > 0):
+        raise ScheduleError(f"corrector snr must be a finite number > 0, got {snr!r}")
+
+
+def corrector_draw(plan: ReversePlan, state: int, step: int, steps: int) -> int:
+    """The noise_fn index of corrector step `step` (of `steps`) at plan state `state`: above len(plan), so it
+    never collides with the predictor's draws 0..len(plan)."""
+    return len(plan) + 1 + state * steps + step
+
+
+def _row_norms(v: Tensor, outside: Tensor | None) -> Tensor:
+    """The L2 norm of each example (row) of v, over its real samples only, shaped to broadcast against v."""
+    if outside is not None:
+        v = v.masked_fill(outside, 0.0)
+    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1).reshape(-1, *[1] * (v.ndim - 1))
+
+
+def langevin_step(x: Tensor, eps: Tensor, alpha_bar: float, alpha: float, snr: float, noise: Tensor,
+                  prior_std: Tensor | None = None, outside: Tensor | None = None) -> Tensor:
+    """One Langevin corrector step at a state of the given alpha_bar, in place: x <- x + e g + sqrt(2 e) S z.
+
+    g = -eps / sqrt(1 - alpha_bar) is the score times S^2 (the score itself without a prior); `noise` is z,
+    standard normal. The step e = 2 alpha (snr ||z|| / ||g / S||)^2 is Song et al.'s (Algorithm 5, VP;
+    `alpha` = alpha_bar / alpha_bar_prev of the state), with norms per example (row), so that an example
+    never depends on the others in its batch, and over its real samples only (`outside`: True on padding).
+
+    PriorGrad (S = `prior_std`): y = x / S is the standard chain, whose score is -(eps / S) / sqrt(1 - abar).
+    Song's step on y, mapped back by x = S y, is the one above: the norm of the score is measured in the
+    S-normalised coordinates and the noise is S z. In x it is Langevin preconditioned by S^2, which leaves
+    p(x_t) invariant for any fixed positive preconditioner. A row whose score vanishes is left as it is.
+    """
+    score = eps.to(x.dtype) * (-1.0 / math.sqrt(1 - alpha_bar))
+    score_norm = _row_norms(score if prior_std is None else score / prior_std, outside)
+    ratio = snr * _row_norms(noise, outside) / score_norm.clamp(min=torch.finfo(score_norm.dtype).tiny)
+    step = torch.where(score_norm > 0, 2 * alpha * ratio**2, torch.zeros_like(ratio))
+    x.add_(step * score)
+    return x.add_(torch.sqrt(2 * step) * (noise if prior_std is None else noise * prior_std))
+
+
+def _correct(plan: ReversePlan, state: int, x: Tensor, eps_fn: EpsFn, t: Tensor, steps: int, snr: float,
+             generator: torch.Generator | None, noise_fn: NoiseFn | None, prior_std: Tensor | None,
+             outside: Tensor | None) -> None:
+    """`steps` Langevin steps at plan state `state` (its alpha_bar, its alpha, its model step), in place."""
+    alpha_bar = plan.alpha_bars[state].item()
+    alpha = alpha_bar / plan.alpha_bars_prev[state].item()
+    t.fill_(plan.model_steps[state].item())
+    for step in range(steps):
+        eps = eps_fn(x, t)
+        noise = standard_noise(x.shape, corrector_draw(plan, state, step, steps), generator, noise_fn, x.device,
+                               x.dtype)
+        langevin_step(x, eps, alpha_bar, alpha, snr, noise, prior_std, outside)
+        if outside is not None:
+            x.masked_fill_(outside, 0.0)
+
+
+def _check_states_chain(plan: ReversePlan) -> None:
+    """The corrector runs at the state step i lands on, taken to be plan state i - 1: check that it is."""
+    if not torch.allclose(plan.alpha_bars_prev[1:], plan.alpha_bars[:-1], rtol=1e-9, atol=0.0):
+        raise ScheduleError(f"plan '{plan.name}': step i does not land on state i - 1 (alpha_bars_prev[1:] != "
+                            "alpha_bars[:-1]), so the corrector has no model step for the states it lands on")
+
+
 @torch.inference_mode()
 def sample(plan: ReversePlan, eps_fn: EpsFn, shape: tuple[int, ...] | torch.Size, *,
            generator: torch.Generator | None = None, x_T: Tensor | None = None,
            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
            clip: bool = False, callback: StepCallback | None = None, noise_fn: NoiseFn | None = None,
-           prior_std: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+           prior_std: Tensor | None = None, mask: Tensor | None = None, corrector_steps: int = 0,
+           corrector_snr: float = CORRECTOR_SNR) -> Tensor:
     """Run the reverse chain of `plan` from x_T (default: noise of `shape` from the prior) down to the data.
 
     One tensor x holds the state and is updated in place at every step, in `dtype` (x_T's dtype when given)
@@ -108,7 +187,15 @@ def sample(plan: ReversePlan, eps_fn: EpsFn, shape: tuple[int, ...] | torch.Size
     by S; an x_T passed in is used as it is.
     `mask` (bool, broadcasting to `shape`, True on real samples) keeps x at zero elsewhere, from x_T on: the
     padding of a batch of different lengths (eps_fn masks the network itself).
+    `corrector_steps` K > 0 makes it a predictor-corrector sampler: after every step that lands on a noisy
+    state (all but the last), K Langevin steps at that state (`langevin_step`, signal-to-noise ratio
+    `corrector_snr`; the default 0.16 is score_sde's), each costing one more eps_fn call. Its noise comes from
+    the generator, or from noise_fn at the indices `corrector_draw` gives. K = 0 is the plain sampler, bit
+    for bit. `callback` sees the corrected state.
     """
+    check_corrector(corrector_steps, corrector_snr)
+    if corrector_steps:
+        _check_states_chain(plan)
     if x_T is None:
         x = standard_noise(shape, len(plan), generator, noise_fn, device, dtype).clone()
     else:
@@ -127,6 +214,9 @@ def sample(plan: ReversePlan, eps_fn: EpsFn, shape: tuple[int, ...] | torch.Size
         reverse_step(plan, i, x, eps_fn(x, t.fill_(plan.model_steps[i].item())), generator, noise_fn, prior_std)
         if outside is not None:
             x.masked_fill_(outside, 0.0)
+        if corrector_steps and i > 0:
+            _correct(plan, i - 1, x, eps_fn, t, corrector_steps, corrector_snr, generator, noise_fn, prior_std,
+                     outside)
         if callback is not None:
             callback(i, x)
     return x.clamp_(-1.0, 1.0) if clip else x

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from diffwave.audio import read_audio, write_audio
 from diffwave.config import Config
 from diffwave.data.corpus import AUDIO_SUFFIXES
+from diffwave.diffusion.sampling import CORRECTOR_SNR, check_corrector
 from diffwave.errors import DiffwaveError, VocodeError
 from diffwave.inference.denoise import DEFAULT_TARGET_RMS, denoise
 from diffwave.inference.vocoder import Vocoder
@@ -148,10 +149,14 @@ def _batches(items: list[tuple[Path, Path, torch.Tensor]], size: int) -> Iterato
 
 def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out: str | Path, *, sampler: str = "fast",
                  steps: int | None = None, schedule: str | list[float] | None = None, batch_size: int = 1,
-                 seed: int = 0, force: bool = False) -> RunSummary:
+                 seed: int = 0, force: bool = False, corrector_steps: int = 0,
+                 corrector_snr: float = CORRECTOR_SNR) -> RunSummary:
     """Vocode every input into OUT/<name>.wav (see `output_targets`: OUT may be one .wav file for one input);
-    bad inputs are listed in the summary's failures."""
+    bad inputs are listed in the summary's failures. The sampling options are `Vocoder.vocode`'s."""
     vocoder.plan(sampler, steps, schedule)  # bad options are one error for the run, not one per file
+    check_corrector(corrector_steps, corrector_snr)
+    options = {"sampler": sampler, "steps": steps, "schedule": schedule, "corrector_steps": corrector_steps,
+               "corrector_snr": corrector_snr}
     pairs, resolved_inputs = _run_inputs(inputs, out, MEL_SUFFIXES + AUDIO_SUFFIXES, "mel (.npy, .pt) or audio files")
     summary = RunSummary()
     ready: list[tuple[Path, Path, torch.Tensor]] = []
@@ -167,7 +172,7 @@ def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out: str | Path
     progress = tqdm(total=len(ready), desc="vocode", unit="file", disable=None)
     for batch in _batches(ready, batch_size):
         try:
-            audio = _vocode_batch(vocoder, [mel for _, _, mel in batch], sampler, steps, schedule, seed)
+            audio = _vocode_batch(vocoder, [mel for _, _, mel in batch], seed, options)
         except DiffwaveError as error:  # inputs were checked one by one; what is left fails the whole batch
             for path, _, _ in batch:
                 logger.error("%s: %s", path, error)
@@ -184,17 +189,15 @@ def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out: str | Path
     return summary
 
 
-def _vocode_batch(vocoder: Vocoder, mels: list[torch.Tensor], sampler: str, steps: int | None,
-                  schedule: str | list[float] | None, seed: int) -> list[torch.Tensor]:
+def _vocode_batch(vocoder: Vocoder, mels: list[torch.Tensor], seed: int, options: dict) -> list[torch.Tensor]:
     generator = torch.Generator(vocoder.device).manual_seed(seed)
     if len(mels) == 1:
-        return [vocoder.vocode(mels[0], sampler=sampler, steps=steps, schedule=schedule, generator=generator)]
+        return [vocoder.vocode(mels[0], generator=generator, **options)]
     lengths = [mel.shape[-1] for mel in mels]
     padded = torch.zeros(len(mels), mels[0].shape[0], max(lengths))
     for i, mel in enumerate(mels):
         padded[i, :, : mel.shape[-1]] = mel
-    return vocoder.vocode(padded, sampler=sampler, steps=steps, schedule=schedule, generator=generator,
-                          lengths=lengths)
+    return vocoder.vocode(padded, generator=generator, lengths=lengths, **options)
 
 
 def _read_at_own_rate(path: Path, fallback_rate: int) -> tuple[torch.Tensor, int]:

@@ -12,6 +12,7 @@ from diffwave.audio import write_audio
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, sample
 from diffwave.diffusion.reverse_plans import plan_for
+from diffwave.diffusion.sampling import CORRECTOR_SNR
 from diffwave.errors import DiffwaveError
 from diffwave.inference.files import output_targets
 from diffwave.inference.precision import autocast, resolve_dtype
@@ -21,9 +22,11 @@ from diffwave.model import DiffWave
 def generate(model: DiffWave, config: Config, count: int, seconds: float, *, sampler: str = "fast",
              steps: int | None = None, schedule: str | list[float] | None = None,
              generator: torch.Generator | None = None, batch_size: int = 8,
-             dtype: torch.dtype | str | None = None) -> list[Tensor]:
+             dtype: torch.dtype | str | None = None, corrector_steps: int = 0,
+             corrector_snr: float = CORRECTOR_SNR) -> list[Tensor]:
     """`count` clips of `seconds` each, as CPU float32 tensors in [-1, 1], in batches of `batch_size`; the
-    network in `dtype` (None: fp32; "auto", "bf16", ...: see inference/precision.py), the chain in fp32."""
+    network in `dtype` (None: fp32; "auto", "bf16", ...: see inference/precision.py), the chain in fp32;
+    `corrector_steps` Langevin steps per noisy state (predictor-corrector, see diffusion/sampling.py)."""
     if model.conditional:
         raise DiffwaveError("generate needs an unconditional model; this one is conditioned on mels")
     if count < 1 or seconds <= 0 or batch_size < 1:
@@ -42,8 +45,8 @@ def generate(model: DiffWave, config: Config, count: int, seconds: float, *, sam
     with torch.inference_mode():
         for start in range(0, count, batch_size):
             batch = min(batch_size, count - start)
-            audio = sample(plan, eps_fn, (batch, length), generator=generator, device=device,
-                           clip=True)
+            audio = sample(plan, eps_fn, (batch, length), generator=generator, device=device, clip=True,
+                           corrector_steps=corrector_steps, corrector_snr=corrector_snr)
             clips.extend(audio.float().cpu().clone())
     return clips
 

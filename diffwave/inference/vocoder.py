@@ -32,7 +32,7 @@ from diffwave.audio.prior import EnergyPrior
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, ReversePlan
 from diffwave.diffusion.reverse_plans import plan_for
-from diffwave.diffusion.sampling import sample
+from diffwave.diffusion.sampling import CORRECTOR_SNR, check_corrector, sample
 from diffwave.errors import VocodeError
 from diffwave.inference.chunking import (
     CHUNK_SECONDS,
@@ -136,7 +136,8 @@ class Vocoder:
     def vocode(self, mel: Tensor | np.ndarray, sampler: str = "fast", steps: int | None = None,
                schedule: str | Sequence[float] | None = None, generator: torch.Generator | None = None,
                lengths: Sequence[int] | Tensor | None = None, chunk_seconds: float | None = CHUNK_SECONDS,
-               overlap_seconds: float = OVERLAP_SECONDS) -> Tensor | list[Tensor]:
+               overlap_seconds: float = OVERLAP_SECONDS, corrector_steps: int = 0,
+               corrector_snr: float = CORRECTOR_SNR) -> Tensor | list[Tensor]:
         """Audio for mel [n_mels, F] (-> [F * hop]) or a padded batch [B, n_mels, F] (-> list of B tensors,
         item i trimmed to lengths[i] * hop); CPU float32 in [-1, 1].
 
@@ -145,6 +146,12 @@ class Vocoder:
         (default 12, capped at T; on a small trained model its quality was flat from 8 to 50 steps and worse
         at 4, so 12 leaves a margin for stronger models at twice the fast schedule's cost); "ddpm" is the
         full T-step chain.
+
+        Predictor-corrector: `corrector_steps` K > 0 adds K Langevin steps at every noisy state the sampler
+        lands on (diffusion/sampling.py; `corrector_snr` sets their size), K more network passes per state. Their
+        step size comes from norms over each window of each utterance, so a corrected utterance is still
+        independent of its batch, but chunked output no longer matches unchunked output (each window's norms
+        differ); the cross-fade still joins the windows.
 
         Randomness: one base seed is drawn from `generator` (torch's global generator when None), and each
         utterance's noise is seeded by that base seed and its own mel values, per block of absolute sample
@@ -161,12 +168,13 @@ class Vocoder:
         call.
         """
         plan = self.plan(sampler, steps, schedule)
+        check_corrector(corrector_steps, corrector_snr)
         layout = ChunkLayout.from_seconds(chunk_seconds, overlap_seconds, self.sample_rate / self.hop_length)
         with torch.inference_mode():
             mels, batched = self._validated_mels(mel, lengths)
             base_seed = draw_seed(generator)
             noises = [PositionalNoise(utterance_seed(base_seed, item)) for item in mels]
-            audio = self._synthesise(plan, mels, noises, layout)
+            audio = self._synthesise(plan, mels, noises, layout, (corrector_steps, corrector_snr))
         audio = [item.clone() for item in audio]  # ordinary tensors, as in `mel`
         if self.device.type != "cpu":
             self._buffer = torch.empty(0)  # keeping it pays on a CPU (page faults); on a GPU it would pin memory
@@ -242,17 +250,19 @@ class Vocoder:
 
     # --- synthesis ------------------------------------------------------------------------------------
     def _synthesise(self, plan: ReversePlan, mels: list[Tensor], noises: list[PositionalNoise],
-                    layout: ChunkLayout) -> list[Tensor]:
+                    layout: ChunkLayout, corrector: tuple[int, float] = (0, CORRECTOR_SNR)) -> list[Tensor]:
         """Window by window (chunk-major), all utterances that reach window k in one padded batch."""
         def run(active: list[int], spans: list[tuple[int, int]]) -> Tensor:
-            return self._reverse_chain(plan, [mels[i] for i in active], [noises[i] for i in active], spans)
+            return self._reverse_chain(plan, [mels[i] for i in active], [noises[i] for i in active], spans,
+                                       corrector)
 
         outputs = overlap_add(layout, [item.shape[-1] for item in mels], self.hop_length, run)
         return [output.clamp_(-1.0, 1.0) for output in outputs]
 
     def _reverse_chain(self, plan: ReversePlan, mels: list[Tensor], noises: list[PositionalNoise],
-                       spans: list[tuple[int, int]]) -> Tensor:
+                       spans: list[tuple[int, int]], corrector: tuple[int, float] = (0, CORRECTOR_SNR)) -> Tensor:
         """Run the whole chain on one window of each utterance (all share the window's start); CPU [n, N].
+        `corrector` is (corrector_steps, corrector_snr) for `sample`.
 
         The chain stays in float32 whatever the model's precision (`sample` keeps x in its dtype)."""
         hop = self.hop_length
@@ -277,7 +287,8 @@ class Vocoder:
                 return self.model(x, t, cond, mask)
 
         x = sample(plan, eps_fn, (len(spans), width), device=self.device, noise_fn=draw,
-                   prior_std=self._prior_std(mels, spans, width), mask=mask)
+                   prior_std=self._prior_std(mels, spans, width), mask=mask, corrector_steps=corrector[0],
+                   corrector_snr=corrector[1])
         return x.cpu()
 
     def _prior_std(self, mels: list[Tensor], spans: list[tuple[int, int]], width: int) -> Tensor | None:
