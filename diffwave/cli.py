@@ -13,6 +13,7 @@ from pathlib import Path
 
 from diffwave import __version__
 from diffwave.config import PRESETS, config_to_yaml, load_config
+from diffwave.diffusion.reverse_plans import SAMPLERS
 from diffwave.diffusion.sampling import CORRECTOR_SNR
 from diffwave.errors import DiffwaveError
 from diffwave.inference.denoise import DEFAULT_TARGET_RMS
@@ -39,6 +40,16 @@ def _preprocess_command(args: argparse.Namespace) -> int | None:
     return 2 if result.failed else None
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data, run folder and stopping options that training and distillation share."""
+    parser.add_argument("--data", required=True, help="feature folder made by 'diffwave preprocess'")
+    parser.add_argument("--out", required=True, help="run folder: checkpoints/ and logs/ (TensorBoard)")
+    parser.add_argument("--max-steps", type=int, help="stop at this step (same as train.max_steps=N)")
+    parser.add_argument("--resume", action="store_true", help="require a checkpoint in --out to resume from")
+    parser.add_argument("--overwrite", action="store_true", help="delete what --out holds and start over")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+
+
 def _train_command(args: argparse.Namespace) -> None:
     from diffwave.training.run import train
 
@@ -50,6 +61,20 @@ def _train_command(args: argparse.Namespace) -> None:
         why = f" by {result.stopped_by} (continue with --resume)" if result.stopped_by else ""
         print(f"train: stopped at step {result.step}{why}, last loss {last}, {result.skipped_steps} skipped steps; "
               f"checkpoints in {args.out}/checkpoints, TensorBoard logs in {args.out}/logs")
+
+
+def _distill_command(args: argparse.Namespace) -> None:
+    from diffwave.training.distill import distill
+
+    overrides = list(args.overrides) + ([f"train.max_steps={args.max_steps}"] if args.max_steps else [])
+    result = distill(args.teacher, args.data, args.out, overrides, resume=args.resume, overwrite=args.overwrite,
+                     device=args.device)
+    if result is not None:
+        last = f"{result.losses[-1]:.3g}" if result.losses else "n/a"
+        why = f" by {result.stopped_by} (continue with --resume)" if result.stopped_by else ""
+        print(f"distill: stopped at step {result.step}{why}, last loss {last}; student checkpoints in "
+              f"{args.out}/checkpoints (vocode them with --sampler consistency --steps 1 or 2), TensorBoard logs in "
+              f"{args.out}/logs")
 
 
 def _export_command(args: argparse.Namespace) -> None:
@@ -83,10 +108,12 @@ def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help=f"{_CHECKPOINT_HELP} (default: the pretrained model shipped with the "
                                              "package; `diffwave pretrained` lists them)")
     parser.add_argument("-o", "--out", required=True, help=_OUT_HELP)
-    parser.add_argument("--sampler", choices=("fast", "ddim", "ddpm"), default="fast",
-                        help="fast: DiffWave's short schedule (default); ddim: --steps deterministic steps; "
-                             "ddpm: the full chain")
-    parser.add_argument("--steps", type=int, help="DDIM steps")
+    parser.add_argument("--sampler", choices=SAMPLERS,
+                        help="fast: DiffWave's short schedule (the default for diffusion models); ddim: --steps "
+                             "deterministic steps; ddpm: the full chain; consistency: --steps (1 or 2, default 2) "
+                             "student evaluations (the default, and the only sampler, for `diffwave distill` "
+                             "students)")
+    parser.add_argument("--steps", type=int, help="DDIM or consistency steps")
     parser.add_argument("--schedule", help="fast schedule: a preset (base, large) or comma-separated betas")
     _add_corrector_arguments(parser)
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -192,7 +219,7 @@ def _synth_corpus_command(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffwave",
-        description="DiffWave diffusion vocoder toolkit: preprocess, train, vocode, generate, denoise.")
+        description="DiffWave diffusion vocoder toolkit: preprocess, train, distill, vocode, generate, denoise.")
     parser.add_argument("--version", action="version", version=f"diffwave {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -220,14 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the conditional or unconditional model (by config) from 'diffwave preprocess' output. "
                     "A run folder that holds checkpoints is resumed from its newest one. Under torchrun, "
                     "train.batch_size is the global batch, split across processes.")
-    train.add_argument("--data", required=True, help="feature folder made by 'diffwave preprocess'")
-    train.add_argument("--out", required=True, help="run folder: checkpoints/ and logs/ (TensorBoard)")
-    train.add_argument("--max-steps", type=int, help="stop at this step (same as train.max_steps=N)")
-    train.add_argument("--resume", action="store_true", help="require a checkpoint in --out to resume from")
-    train.add_argument("--overwrite", action="store_true", help="delete what --out holds and start over")
-    train.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _add_run_arguments(train)
     _add_config_arguments(train)
     train.set_defaults(handler=_train_command)
+
+    dist = commands.add_parser(
+        "distill", help="consistency distillation: a trained model -> a 1-2 step student",
+        description="Distil a trained checkpoint (the teacher) into a consistency student that vocodes in 1 or 2 "
+                    "steps (Song et al. 2023). The student starts from the teacher's weights and config; "
+                    "key=value overrides may change training settings (train.*, distill.*), not the model. "
+                    "Checkpoints, resume, EMA and TensorBoard work as in 'diffwave train'.")
+    dist.add_argument("--teacher", required=True, help=_CHECKPOINT_HELP)
+    _add_run_arguments(dist)
+    dist.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="overrides, e.g. train.learning_rate=2e-5 distill.target_ema=0.95")
+    dist.set_defaults(handler=_distill_command)
 
     export = commands.add_parser(
         "export", help="training checkpoint -> .safetensors with the EMA weights and the config",
@@ -257,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", type=int, default=8, help="number of clips (default: 8)")
     gen.add_argument("--seconds", type=float, default=1.0, help="length of each clip (default: 1.0)")
     gen.add_argument("-o", "--out", required=True, help=_OUT_HELP)
-    gen.add_argument("--sampler", choices=("fast", "ddim", "ddpm"), default="fast")
-    gen.add_argument("--steps", type=int, help="DDIM steps")
+    gen.add_argument("--sampler", choices=SAMPLERS, help="as for vocode (default: fast; consistency for a student)")
+    gen.add_argument("--steps", type=int, help="DDIM or consistency steps")
     gen.add_argument("--schedule", help="fast schedule: a preset (base, large) or comma-separated betas")
     _add_corrector_arguments(gen)
     gen.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")

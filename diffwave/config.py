@@ -170,6 +170,25 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Consistency distillation (`diffwave distill`, Song et al. 2023; see diffusion/consistency.py).
+
+    `student` marks weights as a consistency student, which samples with the consistency sampler only; the
+    distill command sets it and records the teacher it started from.
+    """
+
+    student: bool = False
+    teacher: str | None = None
+    target_ema: float = 0.95  # the target network's EMA decay (Song et al.'s mu); 0: the student itself
+    skip: int = 1  # training steps between the two states joined by one teacher ODE step
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.target_ema < 1:
+            raise ConfigError(f"distill.target_ema must lie in [0, 1), got {self.target_ema}")
+        _check_positive("distill", skip=self.skip)
+
+
+@dataclass
 class Config:
     """Everything a run needs; saved whole inside every checkpoint."""
 
@@ -179,6 +198,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         if self.diffusion.prior == "priorgrad" and not self.model.conditional:
@@ -266,6 +286,11 @@ def load_config(spec: str | Path = "base", overrides: Sequence[str] = ()) -> Con
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"{path}: a config file must be a mapping of sections (audio, model, ...)")
         config = _merge(Config(), str(path), loaded)
+    return with_overrides(config, overrides)
+
+
+def with_overrides(config: Config, overrides: Sequence[str]) -> Config:
+    """`config` with `key=value` overrides applied (unknown keys and wrong types refused)."""
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.batch_size=8)")

@@ -175,6 +175,7 @@ class TestDDIM:
         assert ddim_steps(50, 50) == list(range(50))
         steps = ddim_steps(200, 8)
         assert steps[0] == 0 and steps[-1] == 199 and steps == sorted(set(steps))
+        assert ddim_steps(50, 1) == [49]  # one step starts from the noisiest state, not from step 0
 
     @pytest.mark.parametrize("steps", [[3, 3, 9], [5, 2], [-1, 4], [10, 50], []])
     def test_invalid_subsequences_are_refused(self, steps):

@@ -220,7 +220,7 @@ def test_non_finite_mel_is_refused(vocoder: Vocoder, bad: float) -> None:
 
 @pytest.mark.parametrize(("options", "message"), [
     (dict(sampler="euler"), "unknown sampler 'euler'"),
-    (dict(sampler="fast", steps=8), "steps applies to the ddim sampler"),
+    (dict(sampler="fast", steps=8), "steps applies to the ddim and consistency samplers"),
     (dict(sampler="ddim", schedule="base"), "schedule applies to the fast sampler"),
     (dict(lengths=[5]), "lengths is for a batch"),
     (dict(chunk_seconds=0.1, overlap_seconds=0.2), "overlap_seconds <= chunk_seconds"),

@@ -10,7 +10,7 @@ Index i = 0 is the step that lands on the data; the loop runs i = S-1 down to 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -110,6 +110,8 @@ def ddim_steps(num_training_steps: int, num_steps: int) -> list[int]:
     """An evenly spaced increasing subsequence of 0..T-1 that always ends at the noisiest step T-1."""
     if not 1 <= num_steps <= num_training_steps:
         raise ScheduleError(f"DDIM needs between 1 and {num_training_steps} steps, got {num_steps}")
+    if num_steps == 1:
+        return [num_training_steps - 1]  # linspace would give [0]: one step from the cleanest state
     spaced = torch.linspace(0, num_training_steps - 1, num_steps, dtype=torch.float64).round().long()
     return spaced.tolist()
 
@@ -135,26 +137,51 @@ def ddim(schedule: NoiseSchedule, steps: int | Sequence[int], eta: float = 0.0) 
                        sigmas, "ddim")
 
 
-SAMPLERS = ("fast", "ddim", "ddpm")
+def consistency_steps(num_training_steps: int, num_steps: int) -> list[int]:
+    """The training steps a multistep consistency sampler visits, increasing: T-1 and then evenly spaced levels
+    down towards the data (2 steps: T-1 and about T/2), never the nearly clean step 0 that would undo nothing."""
+    if not 1 <= num_steps <= num_training_steps:
+        raise ScheduleError(f"consistency sampling needs between 1 and {num_training_steps} steps, got {num_steps}")
+    spaced = torch.linspace(num_training_steps - 1, 0, num_steps + 1, dtype=torch.float64)[:-1].round().long()
+    return sorted(set(spaced.tolist()))
+
+
+def consistency(schedule: NoiseSchedule, steps: int | Sequence[int]) -> ReversePlan:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1) with a student f = x_0(x, eps_hat) (see
+    diffusion/consistency.py): each step maps the state to f and re-noises it to the next level. That is DDIM
+    with all of the next level's noise fresh, sigma^2 = 1 - abar_prev (the deterministic direction term is
+    zero), so the one loop runs it; the last step lands on f itself."""
+    if isinstance(steps, int):
+        steps = consistency_steps(schedule.num_steps, steps)
+    plan = ddim(schedule, steps)
+    return replace(plan, name=f"consistency-{len(plan)}", sigmas=(1 - plan.alpha_bars_prev).sqrt())
+
+
+SAMPLERS = ("fast", "ddim", "ddpm", "consistency")
 DDIM_DEFAULT_STEPS = 12  # between the 6-step fast schedule and the full chain (capped at T)
+CONSISTENCY_DEFAULT_STEPS = 2  # a distilled student's usual budget (Song et al. 2023: 1 or 2)
 
 
 def plan_for(schedule: NoiseSchedule, sampler: str, *, steps: int | None = None,
              fast_betas: Sequence[float] | str | None = None,
              default_fast: Sequence[float] | str = "base") -> ReversePlan:
     """The plan a user names: "fast" (betas or a preset; default `default_fast`), "ddim" (`steps`,
-    default 12 capped at T) or "ddpm" (the full chain). Options that do not apply are refused, not ignored.
+    default 12 capped at T), "ddpm" (the full chain) or "consistency" (`steps`, default 2; for distilled
+    students). Options that do not apply are refused, not ignored.
     """
     if sampler not in SAMPLERS:
         raise ScheduleError(f"unknown sampler '{sampler}', expected one of {', '.join(SAMPLERS)}")
     if fast_betas is not None and sampler != "fast":
         raise ScheduleError(f"a schedule applies to the fast sampler only, not to '{sampler}'")
-    if steps is not None and sampler != "ddim":
-        raise ScheduleError(f"steps applies to the ddim sampler only (sampler '{sampler}' fixes its own steps)")
+    if steps is not None and sampler not in ("ddim", "consistency"):
+        raise ScheduleError(f"steps applies to the ddim and consistency samplers only (sampler '{sampler}' fixes "
+                            "its own steps)")
     if sampler == "fast":
         return fast_schedule(schedule, default_fast if fast_betas is None else fast_betas)
     if sampler == "ddim":
         return ddim(schedule, min(DDIM_DEFAULT_STEPS, schedule.num_steps) if steps is None else steps)
+    if sampler == "consistency":
+        return consistency(schedule, CONSISTENCY_DEFAULT_STEPS if steps is None else steps)
     return full_chain(schedule)
 
 

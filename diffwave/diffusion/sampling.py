@@ -48,7 +48,10 @@ def ancestral_mean(x: Tensor, eps: Tensor, alpha_bar: float, alpha_bar_prev: flo
 def ddim_mean(x: Tensor, eps: Tensor, alpha_bar: float, alpha_bar_prev: float, sigma: float) -> Tensor:
     """Song et al.'s step without its noise: sqrt(abar') x0_hat + sqrt(1 - abar' - sigma^2) eps."""
     x0_hat = (x - math.sqrt(1 - alpha_bar) * eps) / math.sqrt(alpha_bar)
-    direction = math.sqrt(max(1 - alpha_bar_prev - sigma**2, 0.0))
+    remaining = 1 - alpha_bar_prev - sigma**2
+    # When sigma takes all of the next level's noise (consistency sampling), `remaining` is 0 up to rounding,
+    # whose square root (about 1e-8) would still leak eps into the state.
+    direction = math.sqrt(remaining) if remaining > 1e-12 else 0.0
     return math.sqrt(alpha_bar_prev) * x0_hat + direction * eps
 
 

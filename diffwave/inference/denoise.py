@@ -130,12 +130,15 @@ def _positional_noise(source: PositionalNoise, offset: int, length: int, device:
 
 def _model_and_config(model: DiffWave | str | os.PathLike[str], config: Config | None) -> tuple[DiffWave, Config]:
     if isinstance(model, (str, os.PathLike)):
-        return load_unconditional(model, purpose="denoising")
+        model, config = load_unconditional(model, purpose="denoising")
     if config is None:
         raise ValueError("denoise with a DiffWave module needs its config (or pass a checkpoint path as model)")
     if model.conditional:
         raise DiffwaveError("denoising needs an unconditional model (model.conditional: false); "
                             "this one is conditioned on mels")
+    if config.distill.student:
+        raise DiffwaveError("denoising runs the full reverse chain, which needs a diffusion model; this one is a "
+                            "consistency student (diffwave distill)")
     return model, config
 
 

@@ -147,7 +147,7 @@ def _batches(items: list[tuple[Path, Path, torch.Tensor]], size: int) -> Iterato
         yield items[start:start + size]
 
 
-def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out: str | Path, *, sampler: str = "fast",
+def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out: str | Path, *, sampler: str | None = None,
                  steps: int | None = None, schedule: str | list[float] | None = None, batch_size: int = 1,
                  seed: int = 0, force: bool = False, corrector_steps: int = 0,
                  corrector_snr: float = CORRECTOR_SNR) -> RunSummary:

@@ -15,11 +15,12 @@ from diffwave.diffusion.reverse_plans import plan_for
 from diffwave.diffusion.sampling import CORRECTOR_SNR
 from diffwave.errors import DiffwaveError
 from diffwave.inference.files import output_targets
+from diffwave.inference.loading import sampler_for
 from diffwave.inference.precision import autocast, resolve_dtype
 from diffwave.model import DiffWave
 
 
-def generate(model: DiffWave, config: Config, count: int, seconds: float, *, sampler: str = "fast",
+def generate(model: DiffWave, config: Config, count: int, seconds: float, *, sampler: str | None = None,
              steps: int | None = None, schedule: str | list[float] | None = None,
              generator: torch.Generator | None = None, batch_size: int = 8,
              dtype: torch.dtype | str | None = None, corrector_steps: int = 0,
@@ -31,8 +32,8 @@ def generate(model: DiffWave, config: Config, count: int, seconds: float, *, sam
         raise DiffwaveError("generate needs an unconditional model; this one is conditioned on mels")
     if count < 1 or seconds <= 0 or batch_size < 1:
         raise DiffwaveError(f"need count >= 1, seconds > 0 and batch_size >= 1, got {count}, {seconds}, {batch_size}")
-    plan = plan_for(NoiseSchedule.from_config(config.diffusion), sampler, steps=steps, fast_betas=schedule,
-                    default_fast=config.diffusion.fast_schedule)
+    plan = plan_for(NoiseSchedule.from_config(config.diffusion), sampler_for(config, sampler), steps=steps,
+                    fast_betas=schedule, default_fast=config.diffusion.fast_schedule)
     length = max(1, round(seconds * config.audio.sample_rate))
     device = next(model.parameters()).device
     precision = resolve_dtype(dtype, device)

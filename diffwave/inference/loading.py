@@ -9,9 +9,24 @@ import torch
 from torch import Tensor
 
 from diffwave.config import Config, config_from_dict
-from diffwave.errors import CheckpointError
+from diffwave.errors import CheckpointError, DiffwaveError
 from diffwave.model import DiffWave
 from diffwave.training.checkpoint import load_model_weights
+
+
+def sampler_for(config: Config, sampler: str | None, error: type[DiffwaveError] = DiffwaveError) -> str:
+    """The sampler to run (None: "consistency" for a distilled student, else "fast"), refused when it does not
+    fit the model: a consistency student's output is an x_0 map, not a noise estimate, and vice versa."""
+    student = config.distill.student
+    if sampler is None:
+        return "consistency" if student else "fast"
+    if student and sampler != "consistency":
+        raise error(f"this checkpoint is a consistency student (diffwave distill): it samples with the consistency "
+                    f"sampler (--sampler consistency --steps 1 or 2), not '{sampler}'")
+    if sampler == "consistency" and not student:
+        raise error("the consistency sampler needs a student made by `diffwave distill`; this checkpoint is a "
+                    "diffusion model: use the fast, ddim or ddpm sampler")
+    return sampler
 
 
 def weights_misfit(model: DiffWave, weights: dict[str, Tensor]) -> str | None:

@@ -43,7 +43,7 @@ from diffwave.inference.chunking import (
     overlap_add,
     utterance_seed,
 )
-from diffwave.inference.loading import load_model
+from diffwave.inference.loading import load_model, sampler_for
 from diffwave.inference.precision import autocast, resolve_dtype
 from diffwave.model import DiffWave
 
@@ -133,7 +133,7 @@ class Vocoder:
         """Copy synthesis: the checkpoint's mel of `audio`, vocoded; the output is at `self.sample_rate`."""
         return self.vocode(self.mel(audio, sample_rate), **vocode_kwargs)
 
-    def vocode(self, mel: Tensor | np.ndarray, sampler: str = "fast", steps: int | None = None,
+    def vocode(self, mel: Tensor | np.ndarray, sampler: str | None = None, steps: int | None = None,
                schedule: str | Sequence[float] | None = None, generator: torch.Generator | None = None,
                lengths: Sequence[int] | Tensor | None = None, chunk_seconds: float | None = CHUNK_SECONDS,
                overlap_seconds: float = OVERLAP_SECONDS, corrector_steps: int = 0,
@@ -141,11 +141,13 @@ class Vocoder:
         """Audio for mel [n_mels, F] (-> [F * hop]) or a padded batch [B, n_mels, F] (-> list of B tensors,
         item i trimmed to lengths[i] * hop); CPU float32 in [-1, 1].
 
-        Samplers: "fast" is DiffWave's short schedule (`schedule`: a preset name such as "base" or a list of
-        betas; default the checkpoint's diffusion.fast_schedule); "ddim" is deterministic DDIM with `steps`
-        (default 12, capped at T; on a small trained model its quality was flat from 8 to 50 steps and worse
-        at 4, so 12 leaves a margin for stronger models at twice the fast schedule's cost); "ddpm" is the
-        full T-step chain.
+        Samplers (None: "consistency" for a distilled student, else "fast"): "fast" is DiffWave's short
+        schedule (`schedule`: a preset name such as "base" or a list of betas; default the checkpoint's
+        diffusion.fast_schedule); "ddim" is deterministic DDIM with `steps` (default 12, capped at T; on a
+        small trained model its quality was flat from 8 to 50 steps and worse at 4, so 12 leaves a margin for
+        stronger models at twice the fast schedule's cost); "ddpm" is the full T-step chain; "consistency"
+        (students of `diffwave distill` only, and only it for them) maps noise to audio in `steps` (default 2)
+        student evaluations.
 
         Predictor-corrector: `corrector_steps` K > 0 adds K Langevin steps at every noisy state the sampler
         lands on (diffusion/sampling.py; `corrector_snr` sets their size), K more network passes per state. Their
@@ -188,12 +190,13 @@ class Vocoder:
             raise VocodeError(f"{what} must have shape [n_mels, frames], got {tuple(mel.shape)}")
         self._validated_mels(mel, None, what)
 
-    def plan(self, sampler: str = "fast", steps: int | None = None,
+    def plan(self, sampler: str | None = None, steps: int | None = None,
              schedule: str | Sequence[float] | None = None) -> ReversePlan:
         """The reverse plan `vocode` runs for these options; refused here, before any work, when they are
-        invalid (unknown sampler, a fast schedule outside the training range, ...)."""
-        return plan_for(self.schedule, sampler, steps=steps, fast_betas=schedule,
-                        default_fast=self._config.diffusion.fast_schedule)
+        invalid (unknown sampler, a fast schedule outside the training range, a sampler that does not fit the
+        model: a consistency student's output is an x_0 map, not a noise estimate, and vice versa)."""
+        return plan_for(self.schedule, sampler_for(self._config, sampler, VocodeError), steps=steps,
+                        fast_betas=schedule, default_fast=self._config.diffusion.fast_schedule)
 
     # --- inputs ---------------------------------------------------------------------------------------
     def _validated_mels(self, mel: Tensor | np.ndarray, lengths: Sequence[int] | Tensor | None,

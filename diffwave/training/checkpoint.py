@@ -42,7 +42,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from diffwave.config import Config, config_to_dict
+from diffwave.config import Config, config_from_dict, config_to_dict
 from diffwave.errors import CheckpointError
 from diffwave.fileio import atomic_write
 from diffwave.training import reference
@@ -64,7 +64,8 @@ _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None),
 # Config fields that change tensor shapes or what the weights mean: a resume must match them exactly.
 _WEIGHT_SECTIONS = ("audio.", "model.")
 _WEIGHT_FIELDS = {"diffusion.num_steps", "diffusion.schedule", "diffusion.beta_start", "diffusion.beta_end",
-                  "diffusion.prior", "diffusion.prior_floor"}  # the prior changes what the network predicts
+                  "diffusion.prior", "diffusion.prior_floor",  # the prior changes what the network predicts
+                  "distill.student"}  # a consistency student's output means x_0 through f, not a noise estimate
 _ABSENT = "<absent>"
 
 
@@ -382,7 +383,9 @@ def check_compatible(saved_config: dict[str, Any], config: Config,
     """
     if not isinstance(saved_config, dict):
         raise CheckpointError(f"{source}: its config is a {type(saved_config).__name__}, not a mapping")
-    saved, now = _flatten(saved_config), _flatten(config_to_dict(config))
+    # A key the saved config lacks (written before that setting existed) has its default value.
+    saved = _flatten(config_to_dict(config_from_dict(saved_config, source=str(source))))
+    now = _flatten(config_to_dict(config))
     breaking, allowed = [], []
     for key in sorted(saved.keys() | now.keys()):
         before, after = saved.get(key, _ABSENT), now.get(key, _ABSENT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch.distributed as dist
 
@@ -16,8 +17,10 @@ logger = logging.getLogger("diffwave.train")
 
 
 def train(config: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool = False,
-          overwrite: bool = False, device: str | None = None) -> TrainResult | None:
-    """Train (or resume) a run; returns the result on rank 0 and None on the other ranks."""
+          overwrite: bool = False, device: str | None = None, trainer_class: type[Trainer] = Trainer,
+          **trainer_options: Any) -> TrainResult | None:
+    """Train (or resume) a run; returns the result on rank 0 and None on the other ranks. `trainer_class` and
+    `trainer_options` choose another objective on the same loop (distillation)."""
     context = init_distributed(device, timeout_s=config.train.dist_timeout_s)
     try:
         run_dir = Path(run_dir)
@@ -29,7 +32,7 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, *, resume: 
                 checkpoint = latest_checkpoint(run_dir)
         if checkpoint is not None and context.is_main:
             logger.info("resuming from %s", checkpoint)
-        result = Trainer(config, data_dir, run_dir, context, resume_from=checkpoint).fit()
+        result = trainer_class(config, data_dir, run_dir, context, resume_from=checkpoint, **trainer_options).fit()
         return result if context.is_main else None
     finally:
         teardown_distributed()

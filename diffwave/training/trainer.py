@@ -32,7 +32,7 @@ from diffwave.audio import LogMel
 from diffwave.audio.prior import EnergyPrior, with_corpus_statistics
 from diffwave.config import Config, config_to_dict
 from diffwave.data.dataset import crops_for_training, crops_for_validation
-from diffwave.diffusion import NoiseSchedule, epsilon_loss, fast_schedule, sample
+from diffwave.diffusion import NoiseSchedule, ReversePlan, epsilon_loss, fast_schedule, sample
 from diffwave.errors import DataError, TrainingError
 from diffwave.model import DiffWave
 from diffwave.training.checkpoint import (
@@ -53,6 +53,10 @@ logger = logging.getLogger("diffwave.train")
 
 LOG_DIR = "logs"  # TensorBoard event files, beside checkpoints/
 VALIDATION_SEED = 1234  # fixed steps and noise, so valid/loss is comparable across a run
+
+
+# network(x_t, t, mel) -> output: the model under training (through DDP) or one of its averages.
+NetworkCall = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
 class NoiseEstimator(nn.Module):
@@ -146,6 +150,7 @@ class Trainer:
         self.schedule = NoiseSchedule.from_config(config.diffusion)
         torch.manual_seed(train.seed)  # the initial weights; all later randomness has its own seeds
         self.model = DiffWave.from_config(config).to(self.device)
+        self._start_weights()
         self.ema_update = _EmaWithWarmup(train.ema_decay)
         self.ema = AveragedModel(self.model, multi_avg_fn=self.ema_update, use_buffers=True)
         self.estimator: nn.Module = NoiseEstimator(self.model)
@@ -203,8 +208,14 @@ class Trainer:
             "rng": capture_rng_state(),
         }
 
+    def _start_weights(self) -> None:
+        """Set the model's weights before its averages are taken: a fresh run keeps the seeded initialisation
+        (a distillation starts from its teacher's)."""
+
     def _restore(self, path: Path) -> None:
-        state = load_checkpoint(path, map_location=self.device)
+        self._load_state(load_checkpoint(path, map_location=self.device), path)
+
+    def _load_state(self, state: dict[str, Any], path: Path) -> None:
         for note in check_compatible(state["config"], self.config, source=str(path)):
             logger.info("resuming with a changed setting: %s", note)
         if self.config.diffusion.prior == "priorgrad":  # the run's own corpus statistics, whatever the folder holds
@@ -243,6 +254,19 @@ class Trainer:
             noises.append(torch.randn(shape, generator=self.generator, device=self.device))
         return torch.cat(steps), torch.stack(noises)
 
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
+    def _losses(self, network: NetworkCall, audio: Tensor, mel: Tensor | None, t: Tensor, noise: Tensor,
+                std: Tensor | None) -> Tensor:
+        """Per-example loss of `network` on clean `audio` at steps t with forward noise as drawn (times S under
+        a prior): the epsilon loss. Distillation replaces it with its own objective."""
+        x_t = self.schedule.q_sample(audio, t, noise)
+        with self._autocast():
+            eps_hat = network(x_t, t.float(), mel)
+        return epsilon_loss(eps_hat, noise, self.config.diffusion.loss, std)  # fp32, outside autocast
+
     def _train_step(self, batch: dict[str, Any]) -> tuple[float, float, Tensor, Tensor] | None:
         """One optimizer step; returns (loss, grad norm, steps t, per-example losses) or None if skipped."""
         # The record_function labels name the phases in a profile (benchmarks/train_speed.py --profile).
@@ -253,11 +277,8 @@ class Trainer:
             std = None if self.prior is None else self.prior.std(mel)
             if std is not None:
                 noise = noise * std  # PriorGrad: the noise is drawn from N(0, Sigma), and predicted as drawn
-            x_t = self.schedule.q_sample(audio, t, noise)
-        with record_function("train/forward"), torch.autocast(
-                self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-            eps_hat = self.estimator(x_t, t.float(), mel)
-        losses = epsilon_loss(eps_hat, noise, self.config.diffusion.loss, std)  # fp32, outside autocast
+        with record_function("train/forward"):
+            losses = self._losses(self.estimator, audio, mel, t, noise, std)
         loss = losses.mean()
         with record_function("train/backward"):
             self.optimizer.zero_grad(set_to_none=True)
@@ -281,14 +302,23 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
         with record_function("train/ema"):
-            self.ema.update_parameters(self.model)
-            self.ema_update.updates += 1
+            self._update_averages()
         return mean_loss, grad_norm.item(), t.detach(), losses.detach()
+
+    def _update_averages(self) -> None:
+        """After each optimizer step: the EMA weights (validation, export, shipping)."""
+        self.ema.update_parameters(self.model)
+        self.ema_update.updates += 1
+
+    def ema_network(self) -> NetworkCall:
+        """The EMA model as `_losses` calls a network (in eval mode)."""
+        model = self.ema.module.eval()
+        return lambda x, t, mel: model(x, t, mel=mel)
 
     # --- validation ----------------------------------------------------------------------------------
     @torch.no_grad()
     def validation_loss(self) -> float | None:
-        """Epsilon loss of the EMA model on fixed crops, fixed steps and fixed noise (rank 0 only)."""
+        """The training loss of the EMA model on fixed crops, fixed steps and fixed noise (rank 0 only)."""
         if not self.validation:
             return None
         batch = next(iter(DataLoader(self.validation, batch_size=min(len(self.validation), 16))))
@@ -296,18 +326,15 @@ class Trainer:
         generator = torch.Generator(self.device).manual_seed(VALIDATION_SEED)
         t = torch.randint(0, self.schedule.num_steps, (audio.shape[0],), generator=generator, device=self.device)
         noise = torch.randn(audio.shape, generator=generator, device=self.device)
-        model = self.ema.module.eval()
         mel = batch["mel"].to(self.device) if "mel" in batch else None
         std = None if self.prior is None else self.prior.std(mel)
         if std is not None:
             noise = noise * std
-        cond = None if mel is None else model.condition(mel)
-        eps_hat = model(self.schedule.q_sample(audio, t, noise), t.float(), cond)
-        return epsilon_loss(eps_hat, noise, self.config.diffusion.loss, std).mean().item()
+        return self._losses(self.ema_network(), audio, mel, t, noise, std).mean().item()
 
     @torch.no_grad()
     def vocode_samples(self, monitor: Monitor) -> float | None:
-        """Vocode a few validation crops with the EMA model and the fast sampler; log audio and mels."""
+        """Vocode a few validation crops with the EMA model and `sample_plan`; log audio and mels."""
         if not self.validation or self.config.train.num_samples == 0:
             return None
         count = min(self.config.train.num_samples, len(self.validation))
@@ -315,7 +342,7 @@ class Trainer:
         model = self.ema.module.eval()
         mel = batch["mel"].to(self.device) if "mel" in batch else None
         cond = None if mel is None else model.condition(mel)
-        plan = fast_schedule(self.schedule, self.config.diffusion.fast_schedule)
+        plan = self.sample_plan()
         audio = sample(plan, lambda x, t: model(x, t, cond), tuple(batch["audio"].shape),
                        generator=torch.Generator(self.device).manual_seed(VALIDATION_SEED), device=self.device,
                        clip=True, prior_std=None if self.prior is None else self.prior.std(mel))
@@ -330,6 +357,10 @@ class Trainer:
             monitor.mel_image(self.step, f"sample/{i}/mel_reference", mel[i].cpu())
             monitor.mel_image(self.step, f"sample/{i}/mel_generated", generated_mel[i].cpu())
         return (generated_mel - mel[..., : generated_mel.shape[-1]]).abs().mean().item()
+
+    def sample_plan(self) -> ReversePlan:
+        """The reverse plan of the validation samples: the fast schedule."""
+        return fast_schedule(self.schedule, self.config.diffusion.fast_schedule)
 
     # --- the loop ------------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
