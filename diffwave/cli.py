@@ -55,7 +55,7 @@ def _train_command(args: argparse.Namespace) -> None:
 
     overrides = list(args.overrides) + ([f"train.max_steps={args.max_steps}"] if args.max_steps else [])
     result = train(load_config(args.config, overrides), args.data, args.out, resume=args.resume,
-                   overwrite=args.overwrite, device=args.device)
+                   overwrite=args.overwrite, device=args.device, init_from=args.init_from)
     if result is not None:
         last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
         why = f" by {result.stopped_by} (continue with --resume)" if result.stopped_by else ""
@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "A run folder that holds checkpoints is resumed from its newest one. Under torchrun, "
                     "train.batch_size is the global batch, split across processes.")
     _add_run_arguments(train)
+    train.add_argument("--init-from", metavar="CKPT",
+                       help="start a new run from these (EMA) weights with a fresh optimizer, e.g. a shipped "
+                            f"model; the config must fit them. {_CHECKPOINT_HELP}")
     _add_config_arguments(train)
     train.set_defaults(handler=_train_command)
 

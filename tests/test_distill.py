@@ -86,6 +86,8 @@ def test_students_and_teachers_each_refuse_the_others_sampler(tiny_checkpoint, t
         student.plan("fast")
     with pytest.raises(VocodeError, match="needs a student"):
         teacher.plan("consistency")
+    with pytest.raises(VocodeError, match="no corrector steps"):
+        student.vocode(mel, corrector_steps=1)
 
 
 def test_teacher_to_student_to_audio_on_the_command_line(tiny_checkpoint, tiny_features, tmp_path):

@@ -153,7 +153,7 @@ def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out: str | Path
                  corrector_snr: float = CORRECTOR_SNR) -> RunSummary:
     """Vocode every input into OUT/<name>.wav (see `output_targets`: OUT may be one .wav file for one input);
     bad inputs are listed in the summary's failures. The sampling options are `Vocoder.vocode`'s."""
-    vocoder.plan(sampler, steps, schedule)  # bad options are one error for the run, not one per file
+    vocoder.plan(sampler, steps, schedule, corrector_steps)  # bad options are one error for the run, not one per file
     check_corrector(corrector_steps, corrector_snr)
     options = {"sampler": sampler, "steps": steps, "schedule": schedule, "corrector_steps": corrector_steps,
                "corrector_snr": corrector_snr}

@@ -32,8 +32,9 @@ def generate(model: DiffWave, config: Config, count: int, seconds: float, *, sam
         raise DiffwaveError("generate needs an unconditional model; this one is conditioned on mels")
     if count < 1 or seconds <= 0 or batch_size < 1:
         raise DiffwaveError(f"need count >= 1, seconds > 0 and batch_size >= 1, got {count}, {seconds}, {batch_size}")
-    plan = plan_for(NoiseSchedule.from_config(config.diffusion), sampler_for(config, sampler), steps=steps,
-                    fast_betas=schedule, default_fast=config.diffusion.fast_schedule)
+    sampler = sampler_for(config, sampler, corrector_steps=corrector_steps)
+    plan = plan_for(NoiseSchedule.from_config(config.diffusion), sampler, steps=steps, fast_betas=schedule,
+                    default_fast=config.diffusion.fast_schedule)
     length = max(1, round(seconds * config.audio.sample_rate))
     device = next(model.parameters()).device
     precision = resolve_dtype(dtype, device)

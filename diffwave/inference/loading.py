@@ -14,10 +14,15 @@ from diffwave.model import DiffWave
 from diffwave.training.checkpoint import load_model_weights
 
 
-def sampler_for(config: Config, sampler: str | None, error: type[DiffwaveError] = DiffwaveError) -> str:
+def sampler_for(config: Config, sampler: str | None, error: type[DiffwaveError] = DiffwaveError,
+                corrector_steps: int = 0) -> str:
     """The sampler to run (None: "consistency" for a distilled student, else "fast"), refused when it does not
-    fit the model: a consistency student's output is an x_0 map, not a noise estimate, and vice versa."""
+    fit the model: a consistency student's output is an x_0 map, not a noise estimate, and vice versa. For the
+    same reason a student takes no Langevin corrector, whose score is a noise estimate's."""
     student = config.distill.student
+    if student and corrector_steps:
+        raise error("a consistency student takes no corrector steps: the Langevin corrector needs a noise estimate "
+                    "(a score), and a student's output is an x_0 map")
     if sampler is None:
         return "consistency" if student else "fast"
     if student and sampler != "consistency":

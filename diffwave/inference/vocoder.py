@@ -169,7 +169,7 @@ class Vocoder:
         On a CPU the window's conditioning lives in one buffer that the vocoder keeps for its next window and
         call.
         """
-        plan = self.plan(sampler, steps, schedule)
+        plan = self.plan(sampler, steps, schedule, corrector_steps)
         check_corrector(corrector_steps, corrector_snr)
         layout = ChunkLayout.from_seconds(chunk_seconds, overlap_seconds, self.sample_rate / self.hop_length)
         with torch.inference_mode():
@@ -191,12 +191,14 @@ class Vocoder:
         self._validated_mels(mel, None, what)
 
     def plan(self, sampler: str | None = None, steps: int | None = None,
-             schedule: str | Sequence[float] | None = None) -> ReversePlan:
+             schedule: str | Sequence[float] | None = None, corrector_steps: int = 0) -> ReversePlan:
         """The reverse plan `vocode` runs for these options; refused here, before any work, when they are
         invalid (unknown sampler, a fast schedule outside the training range, a sampler that does not fit the
-        model: a consistency student's output is an x_0 map, not a noise estimate, and vice versa)."""
-        return plan_for(self.schedule, sampler_for(self._config, sampler, VocodeError), steps=steps,
-                        fast_betas=schedule, default_fast=self._config.diffusion.fast_schedule)
+        model: a consistency student's output is an x_0 map, not a noise estimate, and vice versa; corrector
+        steps for a student)."""
+        sampler = sampler_for(self._config, sampler, VocodeError, corrector_steps)
+        return plan_for(self.schedule, sampler, steps=steps, fast_betas=schedule,
+                        default_fast=self._config.diffusion.fast_schedule)
 
     # --- inputs ---------------------------------------------------------------------------------------
     def _validated_mels(self, mel: Tensor | np.ndarray, lengths: Sequence[int] | Tensor | None,

@@ -54,15 +54,17 @@ def read_clips(folder: str | os.PathLike[str], sample_rate: int, crop_seconds: f
     return clips
 
 
-def compare(vocoder: Vocoder, clips: dict[str, Tensor], sampler: str = "fast", seed: int = 0) -> list[ClipResult]:
-    """Vocode each clip's mel with `vocoder` and with Griffin-Lim, and score both against the clip."""
+def compare(vocoder: Vocoder, clips: dict[str, Tensor], sampler: str | None = None, seed: int = 0,
+            steps: int | None = None) -> list[ClipResult]:
+    """Vocode each clip's mel with `vocoder` (its sampler options as in `Vocoder.vocode`) and with Griffin-Lim,
+    and score both against the clip."""
     config = vocoder.config.audio
     results = []
     for index, (name, reference) in enumerate(clips.items()):
         mel = vocoder.mel(reference, config.sample_rate)
         generator = torch.Generator().manual_seed(seed + index)
         start = time.perf_counter()
-        audio = {"diffwave": vocoder.vocode(mel, sampler=sampler, generator=generator)}
+        audio = {"diffwave": vocoder.vocode(mel, sampler=sampler, steps=steps, generator=generator)}
         seconds = {"diffwave": time.perf_counter() - start}
         start = time.perf_counter()
         audio["griffin_lim"] = griffin_lim(mel, config, GRIFFIN_LIM_ITERATIONS, seed=seed + index)
@@ -102,11 +104,13 @@ def markdown_table(results: list[ClipResult]) -> str:
     return "\n".join(lines)
 
 
-def describe_setup(vocoder: Vocoder, clips: dict[str, Tensor], sampler: str = "fast") -> str:
+def describe_setup(vocoder: Vocoder, clips: dict[str, Tensor], sampler: str | None = None,
+                   steps: int | None = None) -> str:
     """One sentence saying what the table measured (clips, steps, threads), for the card and the page."""
     seconds = sum(clip.numel() for clip in clips.values()) / vocoder.sample_rate
     # RTF depends on what else the machine runs: say how busy it was (a shared CPU can be several times slower).
     load = f", 1-minute load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return (f"{len(clips)} held-out clips ({seconds:.1f} s), DiffWave with {len(vocoder.plan(sampler))} "
-            f"{sampler} steps on {vocoder.device} ({torch.get_num_threads()} threads{load}), Griffin-Lim "
+    plan = vocoder.plan(sampler, steps)
+    return (f"{len(clips)} held-out clips ({seconds:.1f} s), DiffWave with {len(plan)} {plan.name.split('-')[0]} "
+            f"steps on {vocoder.device} ({torch.get_num_threads()} threads{load}), Griffin-Lim "
             f"{GRIFFIN_LIM_ITERATIONS} iterations (momentum 0.99) on the same mels")

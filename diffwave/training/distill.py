@@ -48,7 +48,8 @@ class Distiller(Trainer):
         self.teacher = teacher.to(context.device).eval().requires_grad_(False)
         super().__init__(config, data_dir, run_dir, context, resume_from=resume_from)
 
-    def _start_weights(self) -> None:
+    def _start_weights(self, fresh: bool) -> None:
+        """The student starts as its teacher, the target as the student (a resumed run then loads both)."""
         self.model.load_state_dict(self.teacher.state_dict())
         self.target = AveragedModel(self.model, multi_avg_fn=_FixedDecay(self.config.distill.target_ema),
                                     use_buffers=True)

@@ -32,6 +32,8 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, *, resume: 
                 checkpoint = latest_checkpoint(run_dir)
         if checkpoint is not None and context.is_main:
             logger.info("resuming from %s", checkpoint)
+            if trainer_options.get("init_from") is not None:
+                logger.info("a resumed run continues from its checkpoint; --init-from applies to new runs only")
         result = trainer_class(config, data_dir, run_dir, context, resume_from=checkpoint, **trainer_options).fit()
         return result if context.is_main else None
     finally:

@@ -34,6 +34,7 @@ from diffwave.config import Config, config_to_dict
 from diffwave.data.dataset import crops_for_training, crops_for_validation
 from diffwave.diffusion import NoiseSchedule, ReversePlan, epsilon_loss, fast_schedule, sample
 from diffwave.errors import DataError, TrainingError
+from diffwave.inference.loading import load_model
 from diffwave.model import DiffWave
 from diffwave.training.checkpoint import (
     CHECKPOINT_DIR,
@@ -138,8 +139,8 @@ class Trainer:
     """One training run of `config` on a feature folder, writing checkpoints and logs to `run_dir`."""
 
     def __init__(self, config: Config, data_dir: Path | str, run_dir: Path | str, context: DistributedContext,
-                 *, resume_from: Path | None = None) -> None:
-        self.config, self.context = config, context
+                 *, resume_from: Path | None = None, init_from: Path | str | None = None) -> None:
+        self.config, self.context, self.init_from = config, context, init_from
         self.run_dir, self.device = Path(run_dir), context.device
         train = config.train
         if train.batch_size % context.world_size:
@@ -150,7 +151,8 @@ class Trainer:
         self.schedule = NoiseSchedule.from_config(config.diffusion)
         torch.manual_seed(train.seed)  # the initial weights; all later randomness has its own seeds
         self.model = DiffWave.from_config(config).to(self.device)
-        self._start_weights()
+        self._start_weights(fresh=resume_from is None)
+        config = self.config  # starting weights may bring the prior's corpus statistics they were trained with
         self.ema_update = _EmaWithWarmup(train.ema_decay)
         self.ema = AveragedModel(self.model, multi_avg_fn=self.ema_update, use_buffers=True)
         self.estimator: nn.Module = NoiseEstimator(self.model)
@@ -208,9 +210,23 @@ class Trainer:
             "rng": capture_rng_state(),
         }
 
-    def _start_weights(self) -> None:
-        """Set the model's weights before its averages are taken: a fresh run keeps the seeded initialisation
-        (a distillation starts from its teacher's)."""
+    def _start_weights(self, fresh: bool) -> None:
+        """The weights a fresh run starts from, set before their averages are taken: the seeded initialisation,
+        or the (EMA) weights of `init_from` with a fresh optimizer, schedule and step count (a distillation
+        starts from its teacher's). `init_from` must fit the config's model, front end, schedule and prior, and
+        its PriorGrad statistics are kept, since its weights were trained with them. A resumed run's weights
+        come from its checkpoint instead."""
+        if self.init_from is None or not fresh:
+            return
+        model, saved = load_model(self.init_from)
+        for note in check_compatible(config_to_dict(saved), self.config, source=str(self.init_from)):
+            logger.info("starting from %s with a changed setting: %s", self.init_from, note)
+        if saved.diffusion.prior == "priorgrad":
+            statistics = {key: getattr(saved.diffusion, key) for key in ("prior_energy_min", "prior_energy_max")}
+            self.config = replace(self.config, diffusion=replace(self.config.diffusion, **statistics))
+        self.model.load_state_dict(model.state_dict())
+        if self.context.is_main:
+            logger.info("starting from the weights of %s with a fresh optimizer", self.init_from)
 
     def _restore(self, path: Path) -> None:
         self._load_state(load_checkpoint(path, map_location=self.device), path)
