@@ -1,9 +1,10 @@
 """Ship a training checkpoint as the package's pretrained voice: export, evaluate, write the card and manifest.
 
 Usage (from the repository root; recipes/pretrained/ship.sh runs this with the project's venv):
-    python recipes/pretrained/ship.py [CHECKPOINT] [--run-dir /work/voice/run] [--name voice]
+    python recipes/pretrained/ship.py [CHECKPOINT] --features WORK/features [--run-dir WORK/run] [--name voice]
 
-CHECKPOINT defaults to the newest checkpoint of --run-dir (its `latest` pointer). The EMA weights are
+WORK is the folder of recipes/pretrained/train_voice.sh. CHECKPOINT defaults to the newest checkpoint of
+--run-dir (its `latest` pointer). The EMA weights are
 exported with `diffwave export` into a work folder, checked against the size limit, scored on the bundled
 held-out clips (recipes/demo/clips) against Griffin-Lim of the same mels (`diffwave.pretrained.heldout`), and
 only then copied into diffwave/pretrained/ with the model card, the quality curve and the manifest entry. The
@@ -153,8 +154,8 @@ def replace_between_markers(path: Path, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", nargs="?", help="training checkpoint (default: the newest of --run-dir)")
-    parser.add_argument("--run-dir", type=Path, default=Path("/work/voice/run"), help="the training run folder")
-    parser.add_argument("--features", type=Path, default=Path("/work/voice/features"),
+    parser.add_argument("--run-dir", type=Path, help="the training run folder (needed without CHECKPOINT)")
+    parser.add_argument("--features", type=Path, required=True,
                         help="the run's feature folder (for the card's data counts)")
     parser.add_argument("--name", default="voice")
     parser.add_argument("--clips", type=Path, default=ROOT / "recipes" / "demo" / "clips")
@@ -176,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def ship(args: argparse.Namespace) -> None:
     """Export, score and describe first; write into the package only once all of that has worked."""
+    if args.checkpoint is None and args.run_dir is None:
+        raise DiffwaveError("give a CHECKPOINT or the --run-dir whose newest checkpoint to ship")
     checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.run_dir)
     if checkpoint is None:
         raise DiffwaveError(f"{args.run_dir}: no checkpoint yet; pass one")
