@@ -111,3 +111,20 @@ def test_teacher_to_student_to_audio_on_the_command_line(tiny_checkpoint, tiny_f
                               "-o", str(tmp_path / "no")], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "consistency student" in refused.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_torchrun_processes_distil_as_one_does(tiny_checkpoint, tiny_features, tmp_path):
+    """DDP under the real torchrun (2 CPU processes on gloo): the same global batch gives the same student."""
+    settings = [*FAST, "train.batch_size=4", "data.num_workers=0", "train.max_steps=2"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "diffwave",
+               "distill", "--teacher", str(tiny_checkpoint), "--data", str(tiny_features), "--out",
+               str(tmp_path / "ddp"), "--device", "cpu", *settings]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    distill(tiny_checkpoint, tiny_features, tmp_path / "one", settings, device="cpu")
+    ddp, one = (load_checkpoint(tmp_path / run / "checkpoints" / "step_00000002.pt") for run in ("ddp", "one"))
+    for key in ("model", "target", "ema"):
+        for name, value in one[key].items():
+            torch.testing.assert_close(ddp[key][name], value, rtol=0, atol=1e-5, msg=f"{key}.{name}")
