@@ -1,11 +1,13 @@
 """Training throughput, arithmetic rate and peak memory of the real training loop, on the device it runs on.
 
     python benchmarks/train_speed.py [--config base] [--batch-size 4] [--frames 62] [--steps 5]
-                                     [--precisions fp32,bf16] [--reference-src DIR] [--profile]
+                                     [--precisions fp32,bf16] [--activation-memory-mb 3900,null] [--reference-src DIR]
+                                     [--profile]
 
 Builds a small synthetic corpus in a temp folder, preprocesses it with the config's front-end, then times
 `Trainer.fit` (data loading, forward, backward, optimizer, EMA) after one warm-up step, each precision in a
-fresh process so that its peak memory is its own. One row per precision:
+fresh process so that its peak memory is its own. One row per precision (and per train.activation_memory_mb
+value with --activation-memory-mb: rows labelled e.g. `fp32 3900`, `fp32 null`, the latter never recomputing):
 - samples/s: audio samples trained on per second (batch * frames * hop per step);
 - GFLOP/s: the network's useful arithmetic per second (3x the forward's multiply-adds, counted from the
   config), and that as a fraction of this device's measured matmul peak in the same precision;
@@ -18,6 +20,7 @@ reference implementation's training step at the same shapes in a fresh process, 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import resource
@@ -66,17 +69,20 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def settings(args: argparse.Namespace, precision: str) -> list[str]:
-    return [f"train.batch_size={args.batch_size}", f"data.crop_frames={args.frames}", f"train.precision={precision}",
+def settings(args: argparse.Namespace, precision: str, memory: str | None) -> list[str]:
+    memory_setting = [] if memory is None else [f"train.activation_memory_mb={memory}"]
+    return [*memory_setting, f"train.batch_size={args.batch_size}", f"data.crop_frames={args.frames}",
+            f"train.precision={precision}",
             "train.log_every=100000", "train.valid_every=100000", "train.sample_every=100000",
             "train.save_every=100000", "data.num_workers=1", "data.valid_fraction=0", "data.test_fraction=0"]
 
 
-def time_precision(args: argparse.Namespace, features: Path, work: Path, precision: str) -> dict[str, float]:
+def time_precision(args: argparse.Namespace, features: Path, work: Path, precision: str,
+                   memory: str | None) -> dict[str, float]:
     """Runs in its own process (see `main`): warm-up step, then `args.steps` timed (or profiled) steps."""
     device = torch.device(args.device)
-    config = load_config(args.config, [*settings(args, precision), "train.max_steps=1"])
-    trainer = Trainer(config, features, work / f"run-{precision}", init_distributed(str(device)))
+    config = load_config(args.config, [*settings(args, precision, memory), "train.max_steps=1"])
+    trainer = Trainer(config, features, work / f"run-{precision}-{memory}", init_distributed(str(device)))
     trainer.fit()  # warm-up: allocator, kernels, worker start
     trainer.config.train.max_steps = 1 + args.steps
     synchronize(device)
@@ -148,14 +154,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precisions", help="comma-separated (default: fp32 on CPU; fp32,bf16,fp16 on CUDA)")
+    parser.add_argument("--activation-memory-mb", help="comma-separated train.activation_memory_mb values, a row "
+                                                       "each (default: the config's)")
     parser.add_argument("--reference-src", help="lmnt-com/diffwave's src folder, to time it side by side")
     parser.add_argument("--profile", action="store_true", help="print each phase's share of a step")
-    parser.add_argument("--one", nargs=2, metavar=("PRECISION", "WORK"), help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--one", nargs=3, metavar=("PRECISION", "MEMORY", "WORK"),
+                        help=argparse.SUPPRESS)  # child process; MEMORY "-": the config's
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.one:
-        precision, work = args.one
-        print(json.dumps(time_precision(args, Path(work) / "features", Path(work), precision)))
+        precision, memory, work = args.one
+        print(json.dumps(time_precision(args, Path(work) / "features", Path(work), precision,
+                                        None if memory == "-" else memory)))
         return
     device = torch.device(args.device)
     precisions = args.precisions.split(",") if args.precisions else (
@@ -174,11 +184,13 @@ def main() -> None:
               f"steps, device {name}")
         print(f"{'precision':>10} {'samples/s':>10} {'GFLOP/s':>8} {'of peak':>8} {'peak MiB':>9}")
         rows = {}
-        for precision in precisions:
-            child = [sys.executable, __file__, *sys.argv[1:], "--one", precision, str(work)]
+        memories = args.activation_memory_mb.split(",") if args.activation_memory_mb else ["-"]
+        for precision, memory in itertools.product(precisions, memories):
+            label = precision if memory == "-" else f"{precision} {memory}"
+            child = [sys.executable, __file__, *sys.argv[1:], "--one", precision, memory, str(work)]
             output = subprocess.run(child, capture_output=True, text=True, check=True).stdout
-            rows[precision] = row = json.loads(output.strip().splitlines()[-1])
-            print(f"{precision:>10} {row['samples_per_s']:10.0f} {row['gflops']:8.1f} "
+            rows[label] = row = json.loads(output.strip().splitlines()[-1])
+            print(f"{label:>10} {row['samples_per_s']:10.0f} {row['gflops']:8.1f} "
                   f"{row['gflops'] / row['peak_gflops']:8.1%} {row['peak_mb']:9.0f}", flush=True)
             for phase in PHASES:
                 if f"phase {phase}" in row:
@@ -186,8 +198,8 @@ def main() -> None:
         if args.reference_src:
             reference = time_reference(args)
             print(f"{'reference':>10} {reference['samples_per_s']:10.0f} {'':>8} {'':>8} {reference['peak_mb']:9.0f}")
-            for precision, row in rows.items():
-                print(f"{precision} / reference: {row['samples_per_s'] / reference['samples_per_s']:.2f}x samples/s")
+            for label, row in rows.items():
+                print(f"{label} / reference: {row['samples_per_s'] / reference['samples_per_s']:.2f}x samples/s")
 
 
 if __name__ == "__main__":

@@ -156,6 +156,11 @@ class TrainConfig:
     keep_last: int = 3
     max_non_finite_steps: int = 25  # consecutive skipped steps before training stops
     dist_timeout_s: int = 1800  # how long a rank waits for the others before the run fails
+    # MiB for the activations the residual layers keep for the backward (3 [batch, C, samples] tensors each).
+    # Beyond it the first layers keep 1 and recompute their gate in the backward (one more run of their
+    # convolutions), as few as fit: BASE at batch 4 x 62 frames recomputes none, at batch 16 (5,580 MiB kept
+    # otherwise) 14, for a peak under 6 GB. null: never recompute.
+    activation_memory_mb: float | None = 3900.0
 
     def __post_init__(self) -> None:
         _check_choice("train", "precision", self.precision, PRECISIONS)
@@ -165,6 +170,8 @@ class TrainConfig:
                         max_non_finite_steps=self.max_non_finite_steps, dist_timeout_s=self.dist_timeout_s)
         if self.warmup_steps < 0 or self.num_samples < 0:
             raise ConfigError("train.warmup_steps and train.num_samples must not be negative")
+        if self.activation_memory_mb is not None:
+            _check_positive("train", activation_memory_mb=self.activation_memory_mb)
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
 

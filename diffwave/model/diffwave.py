@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from diffwave.config import Config
 from diffwave.errors import ConfigError
 from diffwave.model.cpu_kernels import tile_gemm_dtype, tiled_layers, time_major_conditioning
+from diffwave.model.gated_layer import gated_layer
 
 EMBEDDING_DIM = 128  # sinusoidal table width (64 sines + 64 cosines), fixed by the reference checkpoints
 EMBEDDING_HIDDEN = 512
@@ -99,7 +100,9 @@ class SpectrogramUpsampler(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """One gated WaveNet layer; its mel conditioning arrives already projected (see DiffWave.condition)."""
+    """One gated WaveNet layer's weights. Its arithmetic is model/gated_layer.py (autograd, GPU inference; the
+    layer projects the upsampled mel itself, or reads its slice of DiffWave.condition), or the CPU inference
+    tiles of model/cpu_kernels.py."""
 
     def __init__(self, residual_channels: int, dilation: int, n_mels: int | None) -> None:
         super().__init__()
@@ -114,36 +117,31 @@ class ResidualBlock(nn.Module):
     def dilation(self) -> int:
         return self.dilated_conv.dilation[0]
 
-    def conv_input(self, x: Tensor, step_embedding: Tensor, mask: Tensor | None) -> Tensor:
-        """The dilated conv's input: the residual stream plus the step projection, zero outside `mask`."""
-        y = x + self.diffusion_projection(step_embedding).unsqueeze(-1)
-        return y if mask is None else y.masked_fill(~mask, 0.0)
+    def forward(self, x: Tensor, skip_sum: Tensor | None, step_embedding: Tensor, conditioning: Tensor | None,
+                outside: Tensor | None = None, *, projects: bool = False,
+                keep_gate: bool = True) -> tuple[Tensor, Tensor]:
+        """(next residual stream, skip_sum with this layer's skip added in place; the skip if skip_sum is None).
+        `conditioning` is the upsampled mel if `projects`, else this layer's projected conditioning; `outside`
+        (bool [B, 1, N]) marks padding; `keep_gate=False` trades memory for recomputation in the backward."""
+        return gated_layer(x, skip_sum, self.diffusion_projection(step_embedding), conditioning, outside,
+                           self.dilated_conv, self.conditioner_projection if projects else None,
+                           self.output_projection, keep_gate)
 
-    def gated(self, conv_input: Tensor, conditioning: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(residual, skip) of the gated activation of the whole signal (CPU inference: model/cpu_kernels.py)."""
-        y = self.dilated_conv(conv_input)
-        if conditioning is not None:
-            y += conditioning  # in place: the conv's backward does not need its output
-        gate, filter_ = torch.chunk(y, 2, dim=1)
-        y = self.output_projection(torch.sigmoid(gate) * torch.tanh(filter_))
-        residual, skip = torch.chunk(y, 2, dim=1)
-        return residual, skip
-
-    def forward(self, x: Tensor, step_embedding: Tensor, conditioning: Tensor | None,
-                mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        residual, skip = self.gated(self.conv_input(x, step_embedding, mask), conditioning)
-        return torch.add(x, residual).mul_(1 / math.sqrt(2.0)), skip
 
 class DiffWave(nn.Module):
     """eps_theta(x_t, t, mel): the noise estimate for audio x_t [B, N] at 0-based steps t [B].
 
     `n_mels=None` builds the unconditional model (no upsampler, no conditioner projections).
+    `activation_memory_mb` bounds what the layers keep for the backward (see `recomputed_layers`): a training
+    memory setting that changes no value.
     """
 
     def __init__(self, *, num_steps: int, residual_channels: int = 64, residual_layers: int = 30,
-                 dilation_cycle: int = 10, n_mels: int | None = 80, hop_length: int = 256) -> None:
+                 dilation_cycle: int = 10, n_mels: int | None = 80, hop_length: int = 256,
+                 activation_memory_mb: float | None = None) -> None:
         super().__init__()
         self.num_steps = num_steps
+        self.activation_memory_mb = activation_memory_mb
         self.residual_channels = residual_channels
         self.n_mels = n_mels
         self.hop_length = hop_length
@@ -167,7 +165,7 @@ class DiffWave(nn.Module):
         return cls(num_steps=config.diffusion.num_steps, residual_channels=model.residual_channels,
                    residual_layers=model.residual_layers, dilation_cycle=model.dilation_cycle,
                    n_mels=config.audio.n_mels if model.conditional else None,
-                   hop_length=config.audio.hop_length)
+                   hop_length=config.audio.hop_length, activation_memory_mb=config.train.activation_memory_mb)
 
     @property
     def conditional(self) -> bool:
@@ -178,6 +176,18 @@ class DiffWave(nn.Module):
         """Samples on each side that one output sample of a forward pass depends on: the sum of the
         dilations (kernel 3). Windowed synthesis needs context of about this order at window edges."""
         return sum(layer.dilation for layer in self.residual_layers)
+
+    def recomputed_layers(self, h: Tensor) -> int:
+        """How many of the first layers recompute their gate in the backward, for a residual stream `h`.
+
+        Each layer keeps 3 tensors of h's size for the backward, or 1 when it recomputes; as few layers as
+        possible recompute so that all fit in `activation_memory_mb` (all of them if even that is not enough).
+        """
+        if self.activation_memory_mb is None or not torch.is_grad_enabled():
+            return 0
+        size = h.numel() * h.element_size()
+        excess = 3 * len(self.residual_layers) * size - self.activation_memory_mb * 2**20
+        return min(len(self.residual_layers), max(0, math.ceil(excess / (2 * size))))
 
     def condition(self, mel: Tensor, out: Tensor | None = None) -> Tensor | None:
         """All layers' conditioning for mel [B, n_mels, F], as [B, L, 2C, F * hop]; None if unconditional.
@@ -229,7 +239,9 @@ class DiffWave(nn.Module):
 
         Given `mel`, each layer projects the upsampled mel itself, as the paper draws it: under autograd the
         stacked [B, L, 2C, N] conditioning would hold L layers' worth of memory, and the backward of reading
-        layer i's slice of it fills a zero gradient of the whole stack once per layer (O(L^2) traffic).
+        layer i's slice of it fills a zero gradient of the whole stack once per layer (O(L^2) traffic). Each
+        layer is one autograd function that keeps 3 [B, C, N] activations for the backward, or 1 in the first
+        `recomputed_layers(h)` layers (model/gated_layer.py).
 
         Float steps between integers are accepted because DiffWave's fast sampler needs them. `mask` (bool
         [B, N], True on real samples) makes a padded batch behave like separate utterances: the dilated
@@ -253,16 +265,13 @@ class DiffWave(nn.Module):
                                     mask, gemm_dtype)
         else:
             skip_sum = None
-            layer_mask = None if mask is None else mask.unsqueeze(1)
+            outside = None if mask is None else ~mask.unsqueeze(1)
             upsampled = None if mel is None else self.spectrogram_upsampler(mel)
+            recomputed = self.recomputed_layers(h)
             for i, layer in enumerate(self.residual_layers):
-                if upsampled is not None:
-                    conditioning = layer.conditioner_projection(upsampled)
-                else:
-                    conditioning = None if cond is None else cond[:, i]
-                h, skip = layer(h, step_embedding, conditioning, layer_mask)
-                # A copy first: `skip` is a view that would keep the layer's whole [B, 2C, N] output alive.
-                skip_sum = skip.clone() if skip_sum is None else skip_sum.add_(skip)
+                conditioning = upsampled if cond is None else cond[:, i]
+                h, skip_sum = layer(h, skip_sum, step_embedding, conditioning, outside,
+                                    projects=upsampled is not None, keep_gate=i >= recomputed)
         h = skip_sum / math.sqrt(len(self.residual_layers))
         h = F.relu(self.skip_projection(h))
         return self.output_projection(h).squeeze(1)

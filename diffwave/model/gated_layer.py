@@ -1,0 +1,177 @@
+"""One gated residual layer as a single autograd function, so that training keeps fewer activations.
+
+Written with separate torch ops, autograd keeps four [B, C, N] tensors per layer for the backward: the dilated
+conv's input, sigmoid(gate), tanh(filter) and their product. This function keeps the conv input and the two
+activations (the product is recomputed, one multiply), or, for layers asked to recompute their gate, only the
+conv input: the backward then re-runs the dilated and conditioner convolutions.
+
+The 1x1 convolutions run as batched matrix products that write where their result goes (the conditioning into
+the dilated conv's output, the residual into the next stream, the skip into the running sum of skips): fewer
+[B, C, N] buffers are allocated and filled. On a CPU that costs as much as the arithmetic once a buffer is
+larger than glibc keeps (32 MiB): it goes back to the system, and the next one is faulted in page by page. The
+dilated conv's gradients are torch's own `convolution_backward`, the gate's its `sigmoid_backward` and
+`tanh_backward`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+RESIDUAL_SCALE = 1 / math.sqrt(2.0)
+aten = torch.ops.aten
+
+
+def _pointwise(weight: Tensor, batch: int) -> Tensor:
+    """A 1x1 conv's weight [O, I, 1] as a batch of matrices [B, O, I] (a view)."""
+    return weight.squeeze(-1).expand(batch, -1, -1)
+
+
+def _activated_gate(y: Tensor, conditioning: Tensor | None, dilated_weight: Tensor, dilated_bias: Tensor,
+                    conditioner_weight: Tensor | None, conditioner_bias: Tensor | None, dilation: int) -> Tensor:
+    """[sigmoid(gate); tanh(filter)] of dilated_conv(y) + conditioning, as one [B, 2C, N] tensor."""
+    projects = conditioning is not None and conditioner_weight is not None
+    bias = dilated_bias + conditioner_bias if projects else dilated_bias
+    z = F.conv1d(y, dilated_weight, bias, padding=dilation, dilation=dilation)
+    if projects:
+        z.baddbmm_(_pointwise(conditioner_weight, z.shape[0]), conditioning)
+    elif conditioning is not None:
+        z += conditioning
+    gate, filter_ = z.chunk(2, dim=1)
+    gate.sigmoid_()
+    filter_.tanh_()
+    return z
+
+
+def _weight_grad(grad: Tensor, input_: Tensor) -> Tensor:
+    """A 1x1 conv's weight gradient [O, I, 1] from its output gradient [B, O, N] and its input [B, I, N]."""
+    return torch.bmm(grad, input_.transpose(1, 2)).sum(dim=0).unsqueeze(-1)
+
+
+def _dilated_conv_backward(grad: Tensor, input_: Tensor, weight: Tensor, dilation: int,
+                           need_input: bool) -> tuple[Tensor | None, Tensor, Tensor]:
+    """(input, weight, bias) gradients of the stride-1 dilated conv1d padded by its dilation."""
+    return aten.convolution_backward(grad, input_, weight, [weight.shape[0]], [1], [dilation], [dilation], False,
+                                     [0], 1, [need_input, True, True])
+
+
+class GatedLayer(torch.autograd.Function):
+    """(x, skip_sum, step, conditioning) -> ((x + residual) / sqrt 2, skip_sum + skip) of one DiffWave layer.
+
+    `skip_sum` (None in the first layer) receives the skip in place. `conditioning` is the upsampled mel
+    [B, n_mels, N] when `conditioner_weight` is given (the layer projects it: training), the layer's projected
+    conditioning [B, 2C, N] when it is None, or None (unconditional). `outside` (bool [B, 1, N], True on
+    padding) zeroes the conv input there. `keep_gate=False` keeps only the conv input and recomputes the gate in
+    the backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, skip_sum: Tensor | None, step: Tensor, conditioning: Tensor | None,
+                outside: Tensor | None, dilated_weight: Tensor, dilated_bias: Tensor,
+                conditioner_weight: Tensor | None, conditioner_bias: Tensor | None, output_weight: Tensor,
+                output_bias: Tensor, dilation: int, keep_gate: bool) -> tuple[Tensor, Tensor]:
+        y = torch.add(x, step.unsqueeze(-1))
+        if outside is not None:
+            y.masked_fill_(outside, 0.0)
+        activated = _activated_gate(y, conditioning, dilated_weight, dilated_bias, conditioner_weight,
+                                    conditioner_bias, dilation)
+        sigmoid, tanh = activated.chunk(2, dim=1)
+        product = sigmoid * tanh
+        residual_weight, skip_weight = _pointwise(output_weight, x.shape[0]).split(x.shape[1], dim=1)
+        residual_bias, skip_bias = output_bias.unsqueeze(-1).split(x.shape[1])
+        h = torch.baddbmm(x, residual_weight, product, beta=RESIDUAL_SCALE, alpha=RESIDUAL_SCALE)
+        h.add_(residual_bias, alpha=RESIDUAL_SCALE)
+        if skip_sum is None:
+            skip_sum = torch.baddbmm(skip_bias, skip_weight, product)
+        else:
+            skip_sum.baddbmm_(skip_weight, product).add_(skip_bias)
+            ctx.mark_dirty(skip_sum)
+        ctx.dilation = dilation
+        ctx.set_materialize_grads(False)  # the last layer's residual output is unused: no zero gradient for it
+        ctx.save_for_backward(y, activated if keep_gate else None, conditioning, outside, dilated_weight,
+                              dilated_bias, conditioner_weight, conditioner_bias, output_weight)
+        return h, skip_sum
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_h: Tensor | None, grad_skip: Tensor | None) -> tuple[Tensor | None, ...]:
+        (y, activated, conditioning, outside, dilated_weight, dilated_bias, conditioner_weight, conditioner_bias,
+         output_weight) = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        batch, channels = y.shape[:2]
+        grad_skip = torch.zeros_like(y) if grad_skip is None else grad_skip
+        if activated is None:
+            activated = _activated_gate(y, conditioning, dilated_weight, dilated_bias, conditioner_weight,
+                                        conditioner_bias, ctx.dilation)
+        sigmoid, tanh = activated.chunk(2, dim=1)
+        product = sigmoid * tanh
+        residual_weight, skip_weight = _pointwise(output_weight, batch).split(channels, dim=1)
+        if grad_h is None:
+            grad_residual_weight, grad_residual_bias = output_weight.new_zeros(channels, channels, 1), None
+        else:
+            grad_residual_weight = _weight_grad(grad_h, product).mul_(RESIDUAL_SCALE)
+            grad_residual_bias = grad_h.sum(dim=(0, 2)).mul_(RESIDUAL_SCALE)
+        grad_output_weight = torch.cat([grad_residual_weight, _weight_grad(grad_skip, product)])
+        grad_skip_bias = grad_skip.sum(dim=(0, 2))
+        grad_output_bias = torch.cat([grad_skip_bias.new_zeros(channels) if grad_h is None else grad_residual_bias,
+                                      grad_skip_bias])
+        del product
+        grad_product = torch.bmm(skip_weight.transpose(1, 2), grad_skip)
+        if grad_h is not None:
+            grad_product.baddbmm_(residual_weight.transpose(1, 2), grad_h, alpha=RESIDUAL_SCALE)
+        grad_z = torch.empty_like(activated)
+        grad_gate, grad_filter = grad_z.chunk(2, dim=1)
+        aten.sigmoid_backward.grad_input(torch.mul(grad_product, tanh, out=grad_gate), sigmoid, grad_input=grad_gate)
+        aten.tanh_backward.grad_input(torch.mul(grad_product, sigmoid, out=grad_filter), tanh,
+                                      grad_input=grad_filter)
+        del grad_product, activated, sigmoid, tanh
+        grad_y, grad_dilated_weight, grad_dilated_bias = _dilated_conv_backward(
+            grad_z, y, dilated_weight, ctx.dilation, need[0] or need[2])
+        grad_conditioning = grad_conditioner_weight = grad_conditioner_bias = None
+        if conditioning is not None and conditioner_weight is None:
+            grad_conditioning = grad_z if need[3] else None
+        elif conditioning is not None:
+            if need[3]:
+                grad_conditioning = torch.bmm(_pointwise(conditioner_weight, batch).transpose(1, 2), grad_z)
+            grad_conditioner_weight = _weight_grad(grad_z, conditioning) if need[7] else None
+            grad_conditioner_bias = grad_dilated_bias.clone() if need[8] else None  # both add once per position
+        grad_step = None
+        if grad_y is not None:
+            if outside is not None:
+                grad_y.masked_fill_(outside, 0.0)
+            grad_step = grad_y.sum(dim=2) if need[2] else None
+            if grad_h is not None:
+                grad_y.add_(grad_h, alpha=RESIDUAL_SCALE)
+        return (grad_y if need[0] else None, grad_skip if need[1] else None, grad_step, grad_conditioning, None,
+                grad_dilated_weight if need[5] else None, grad_dilated_bias if need[6] else None,
+                grad_conditioner_weight, grad_conditioner_bias, grad_output_weight if need[9] else None,
+                grad_output_bias if need[10] else None, None, None)
+
+
+def gated_layer(x: Tensor, skip_sum: Tensor | None, step: Tensor, conditioning: Tensor | None, outside: Tensor | None,
+                dilated_conv: nn.Conv1d, conditioner_projection: nn.Conv1d | None, output_projection: nn.Conv1d,
+                keep_gate: bool = True) -> tuple[Tensor, Tensor]:
+    """GatedLayer with the weights of a layer's modules (see GatedLayer for the arguments).
+
+    Autocast does not reach into an autograd function's backward, so under autocast the function runs in the
+    autocast dtype throughout, its inputs and weights cast here as autocast would cast the convolutions'.
+    """
+    projection = (None, None) if conditioner_projection is None else (conditioner_projection.weight,
+                                                                       conditioner_projection.bias)
+    tensors = (x, skip_sum, step, conditioning, dilated_conv.weight, dilated_conv.bias, *projection,
+               output_projection.weight, output_projection.bias)
+    device = x.device.type
+    autocast = torch.is_autocast_enabled(device)
+    if autocast:
+        dtype = torch.get_autocast_dtype(device)
+        tensors = tuple(None if t is None else t.to(dtype) for t in tensors)
+    x, skip_sum, step, conditioning, *weights = tensors
+    with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
+        return GatedLayer.apply(x, skip_sum, step, conditioning, outside, *weights, dilated_conv.dilation[0],
+                                keep_gate)
