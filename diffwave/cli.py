@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from diffwave import __version__
 from diffwave.config import PRESETS, config_to_yaml, load_config
@@ -17,6 +18,9 @@ from diffwave.diffusion.reverse_plans import SAMPLERS
 from diffwave.diffusion.sampling import CORRECTOR_SNR
 from diffwave.errors import DiffwaveError
 from diffwave.inference.denoise import DEFAULT_TARGET_RMS
+
+if TYPE_CHECKING:
+    from diffwave.training.trainer import TrainResult
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,31 +54,36 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
 
 
+def _run_overrides(args: argparse.Namespace) -> list[str]:
+    """The key=value overrides, with --max-steps as train.max_steps."""
+    return list(args.overrides) + ([f"train.max_steps={args.max_steps}"] if args.max_steps else [])
+
+
+def _stopped(result: TrainResult, loss_format: str) -> str:
+    """Where a training or distillation run stopped, and why, for its last line."""
+    last = format(result.losses[-1], loss_format) if result.losses else "n/a"
+    why = f" by {result.stopped_by} (continue with --resume)" if result.stopped_by else ""
+    return f"stopped at step {result.step}{why}, last loss {last}"
+
+
 def _train_command(args: argparse.Namespace) -> None:
     from diffwave.training.run import train
 
-    overrides = list(args.overrides) + ([f"train.max_steps={args.max_steps}"] if args.max_steps else [])
-    result = train(load_config(args.config, overrides), args.data, args.out, resume=args.resume,
+    result = train(load_config(args.config, _run_overrides(args)), args.data, args.out, resume=args.resume,
                    overwrite=args.overwrite, device=args.device, init_from=args.init_from)
     if result is not None:
-        last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
-        why = f" by {result.stopped_by} (continue with --resume)" if result.stopped_by else ""
-        print(f"train: stopped at step {result.step}{why}, last loss {last}, {result.skipped_steps} skipped steps; "
-              f"checkpoints in {args.out}/checkpoints, TensorBoard logs in {args.out}/logs")
+        print(f"train: {_stopped(result, '.4f')}, {result.skipped_steps} skipped steps; checkpoints in "
+              f"{args.out}/checkpoints, TensorBoard logs in {args.out}/logs")
 
 
 def _distill_command(args: argparse.Namespace) -> None:
     from diffwave.training.distill import distill
 
-    overrides = list(args.overrides) + ([f"train.max_steps={args.max_steps}"] if args.max_steps else [])
-    result = distill(args.teacher, args.data, args.out, overrides, resume=args.resume, overwrite=args.overwrite,
-                     device=args.device)
+    result = distill(args.teacher, args.data, args.out, _run_overrides(args), resume=args.resume,
+                     overwrite=args.overwrite, device=args.device)
     if result is not None:
-        last = f"{result.losses[-1]:.3g}" if result.losses else "n/a"
-        why = f" by {result.stopped_by} (continue with --resume)" if result.stopped_by else ""
-        print(f"distill: stopped at step {result.step}{why}, last loss {last}; student checkpoints in "
-              f"{args.out}/checkpoints (vocode them with --sampler consistency --steps 1 or 2), TensorBoard logs in "
-              f"{args.out}/logs")
+        print(f"distill: {_stopped(result, '.3g')}; student checkpoints in {args.out}/checkpoints (vocode them with "
+              f"--sampler consistency --steps 1 or 2), TensorBoard logs in {args.out}/logs")
 
 
 def _export_command(args: argparse.Namespace) -> None:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from diffwave.audio import read_audio, write_audio
 from diffwave.config import Config
 from diffwave.data.corpus import AUDIO_SUFFIXES
-from diffwave.diffusion.sampling import CORRECTOR_SNR, check_corrector
+from diffwave.diffusion.sampling import CORRECTOR_SNR
 from diffwave.errors import DiffwaveError, VocodeError
 from diffwave.inference.denoise import DEFAULT_TARGET_RMS, denoise
 from diffwave.inference.vocoder import Vocoder
@@ -153,8 +153,8 @@ def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out: str | Path
                  corrector_snr: float = CORRECTOR_SNR) -> RunSummary:
     """Vocode every input into OUT/<name>.wav (see `output_targets`: OUT may be one .wav file for one input);
     bad inputs are listed in the summary's failures. The sampling options are `Vocoder.vocode`'s."""
-    vocoder.plan(sampler, steps, schedule, corrector_steps)  # bad options are one error for the run, not one per file
-    check_corrector(corrector_steps, corrector_snr)
+    # Bad options are one error for the run, not one per file.
+    vocoder.plan(sampler, steps, schedule, corrector_steps, corrector_snr)
     options = {"sampler": sampler, "steps": steps, "schedule": schedule, "corrector_steps": corrector_steps,
                "corrector_snr": corrector_snr}
     pairs, resolved_inputs = _run_inputs(inputs, out, MEL_SUFFIXES + AUDIO_SUFFIXES, "mel (.npy, .pt) or audio files")

@@ -169,8 +169,7 @@ class Vocoder:
         On a CPU the window's conditioning lives in one buffer that the vocoder keeps for its next window and
         call.
         """
-        plan = self.plan(sampler, steps, schedule, corrector_steps)
-        check_corrector(corrector_steps, corrector_snr)
+        plan = self.plan(sampler, steps, schedule, corrector_steps, corrector_snr)
         layout = ChunkLayout.from_seconds(chunk_seconds, overlap_seconds, self.sample_rate / self.hop_length)
         with torch.inference_mode():
             mels, batched = self._validated_mels(mel, lengths)
@@ -191,11 +190,13 @@ class Vocoder:
         self._validated_mels(mel, None, what)
 
     def plan(self, sampler: str | None = None, steps: int | None = None,
-             schedule: str | Sequence[float] | None = None, corrector_steps: int = 0) -> ReversePlan:
+             schedule: str | Sequence[float] | None = None, corrector_steps: int = 0,
+             corrector_snr: float = CORRECTOR_SNR) -> ReversePlan:
         """The reverse plan `vocode` runs for these options; refused here, before any work, when they are
         invalid (unknown sampler, a fast schedule outside the training range, a sampler that does not fit the
         model: a consistency student's output is an x_0 map, not a noise estimate, and vice versa; corrector
-        steps for a student)."""
+        settings out of range, or any for a student)."""
+        check_corrector(corrector_steps, corrector_snr)
         sampler = sampler_for(self._config, sampler, VocodeError, corrector_steps)
         return plan_for(self.schedule, sampler, steps=steps, fast_betas=schedule,
                         default_fast=self._config.diffusion.fast_schedule)

@@ -55,9 +55,9 @@ def read_clips(folder: str | os.PathLike[str], sample_rate: int, crop_seconds: f
 
 
 def compare(vocoder: Vocoder, clips: dict[str, Tensor], sampler: str | None = None, seed: int = 0,
-            steps: int | None = None) -> list[ClipResult]:
-    """Vocode each clip's mel with `vocoder` (its sampler options as in `Vocoder.vocode`) and with Griffin-Lim,
-    and score both against the clip."""
+            steps: int | None = None, with_griffin_lim: bool = True) -> list[ClipResult]:
+    """Vocode each clip's mel with `vocoder` (its sampler options as in `Vocoder.vocode`) and, unless a caller
+    comparing several samplers has it already, with Griffin-Lim, and score them against the clip."""
     config = vocoder.config.audio
     results = []
     for index, (name, reference) in enumerate(clips.items()):
@@ -66,9 +66,10 @@ def compare(vocoder: Vocoder, clips: dict[str, Tensor], sampler: str | None = No
         start = time.perf_counter()
         audio = {"diffwave": vocoder.vocode(mel, sampler=sampler, steps=steps, generator=generator)}
         seconds = {"diffwave": time.perf_counter() - start}
-        start = time.perf_counter()
-        audio["griffin_lim"] = griffin_lim(mel, config, GRIFFIN_LIM_ITERATIONS, seed=seed + index)
-        seconds["griffin_lim"] = time.perf_counter() - start
+        if with_griffin_lim:
+            start = time.perf_counter()
+            audio["griffin_lim"] = griffin_lim(mel, config, GRIFFIN_LIM_ITERATIONS, seed=seed + index)
+            seconds["griffin_lim"] = time.perf_counter() - start
         length = min(reference.numel(), *(item.numel() for item in audio.values()))
         result = ClipResult(name, reference[:length], {system: item[:length] for system, item in audio.items()})
         for system, estimate in result.audio.items():
@@ -86,7 +87,7 @@ def compare(vocoder: Vocoder, clips: dict[str, Tensor], sampler: str | None = No
 def means(results: list[ClipResult]) -> dict[str, dict[str, float]]:
     """system -> metric -> mean over the clips (RTF: total time over total audio, not a mean of ratios)."""
     table = {}
-    for system in SYSTEMS:
+    for system in results[0].scores:
         row = {name: float(np.mean([r.scores[system][name] for r in results])) for name in METRICS}
         seconds = [r.scores[system]["rtf"] * r.reference.numel() for r in results]
         row["rtf"] = sum(seconds) / sum(r.reference.numel() for r in results)

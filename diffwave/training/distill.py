@@ -26,7 +26,7 @@ from diffwave.model import DiffWave
 from diffwave.training.checkpoint import check_compatible
 from diffwave.training.distributed import DistributedContext
 from diffwave.training.run import train
-from diffwave.training.trainer import NetworkCall, Trainer, TrainResult
+from diffwave.training.trainer import NetworkCall, Trainer, TrainResult, network_call
 
 
 class _FixedDecay:
@@ -76,11 +76,9 @@ class Distiller(Trainer):
         def call(net: NetworkCall):
             return lambda x, steps: net(x, steps, mel)
 
-        def module(model: DiffWave) -> NetworkCall:
-            return lambda x, steps, mel: model(x, steps, mel=mel)
-
         with self._autocast():
-            return distillation_loss(call(network), call(module(self.target.module)), call(module(self.teacher)),
+            return distillation_loss(call(network), call(network_call(self.target.module)),
+                                     call(network_call(self.teacher)),
                                      self.schedule, audio, t + 1, noise, skip=self.config.distill.skip,
                                      prior_std=std)
 

@@ -60,6 +60,11 @@ VALIDATION_SEED = 1234  # fixed steps and noise, so valid/loss is comparable acr
 NetworkCall = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
+def network_call(model: DiffWave) -> NetworkCall:
+    """A model (an average, a teacher) as `Trainer._losses` calls a network."""
+    return lambda x, t, mel: model(x, t, mel=mel)
+
+
 class NoiseEstimator(nn.Module):
     """(x_t, t, mel) -> eps_hat in one forward, so DDP sees the conditioner inside its forward pass."""
 
@@ -328,8 +333,7 @@ class Trainer:
 
     def ema_network(self) -> NetworkCall:
         """The EMA model as `_losses` calls a network (in eval mode)."""
-        model = self.ema.module.eval()
-        return lambda x, t, mel: model(x, t, mel=mel)
+        return network_call(self.ema.module.eval())
 
     # --- validation ----------------------------------------------------------------------------------
     @torch.no_grad()
