@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import torch
+from inference_speed import snr_db  # this folder's speed benchmark: one definition of the fidelity figure
 
 from diffwave.inference.vocoder import Vocoder
 from diffwave.pretrained import heldout
@@ -25,10 +26,6 @@ from diffwave.pretrained import heldout
 CLIPS = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "clips"
 SNR_TARGET_DB = 25.0
 METRIC_TOLERANCE = 0.01
-
-
-def snr_db(reference: torch.Tensor, other: torch.Tensor) -> float:
-    return 10 * torch.log10(reference.pow(2).sum() / (other - reference).pow(2).sum().clamp(min=1e-30)).item()
 
 
 def load(checkpoint: str | None, device: str, dtype: str) -> Vocoder:
