@@ -414,14 +414,6 @@ def test_other_config_differences_are_allowed_and_returned():
     assert notes == ["train.learning_rate: saved 0.001 != now 0.0005", "train.log_every: saved 10 != now 5"]
 
 
-def test_unset_priorgrad_statistics_are_taken_not_reported_as_changed():
-    statistics = ["diffusion.prior=priorgrad", "diffusion.prior_energy_min=0.07", "diffusion.prior_energy_max=0.9"]
-    saved = config_to_dict(load_config("tiny", statistics))
-    assert check_compatible(saved, load_config("tiny", ["diffusion.prior=priorgrad"])) == []
-    notes = check_compatible(saved, load_config("tiny", [*statistics[:2], "diffusion.prior_energy_max=0.8"]))
-    assert notes == ["diffusion.prior_energy_max: saved 0.9 != now 0.8"]
-
-
 # --- H45: no unsafe loading anywhere in the package -----------------------------------------------------------
 def unsafe_loads(source: str) -> list[str]:
     """torch.load calls without weights_only=True (parentheses matched), pickle.load(s), allow_pickle=True."""

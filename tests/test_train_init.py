@@ -1,6 +1,7 @@
 """`train --init-from`: a new run that starts from trained (EMA) weights, e.g. the shipped voice, with a fresh
 optimizer, learning-rate schedule and step count."""
 
+import logging
 import subprocess
 import sys
 
@@ -64,12 +65,23 @@ def test_the_command_line_option(shipped, tiny_features, tmp_path):
     assert f"starting from the weights of {shipped} with a fresh optimizer" in result.stderr
 
 
-def test_a_priorgrad_run_keeps_the_statistics_its_weights_were_trained_with(tiny_features, tmp_path):
+def test_a_priorgrad_run_keeps_the_statistics_its_weights_were_trained_with(tiny_features, tmp_path, caplog):
     config = load_config("tiny", [*QUIET, "train.max_steps=1", "train.save_every=1", "diffusion.prior=priorgrad",
                                   "diffusion.prior_energy_min=0.01", "diffusion.prior_energy_max=3.0"])
     train(config, tiny_features, tmp_path / "first", device="cpu")
+    caplog.set_level(logging.INFO, logger="diffwave")
     fresh = load_config("tiny", [*QUIET, "diffusion.prior=priorgrad"])  # statistics unset: would be recomputed
     trainer = Trainer(fresh, tiny_features, tmp_path / "second", init_distributed("cpu"),
                       init_from=tmp_path / "first" / "checkpoints" / "step_00000001.pt")
     assert (trainer.config.diffusion.prior_energy_min, trainer.config.diffusion.prior_energy_max) == (0.01, 3.0)
     assert trainer.prior.energy_min == 0.01 and trainer.prior.energy_max == 3.0
+    assert "starting from the weights of" in caplog.text
+    assert "prior_energy" not in caplog.text  # taken from the weights, not reported as a changed setting
+
+    caplog.clear()
+    asked = load_config("tiny", [*QUIET, "diffusion.prior=priorgrad", "diffusion.prior_energy_min=0.01",
+                                 "diffusion.prior_energy_max=2.0"])
+    trainer = Trainer(asked, tiny_features, tmp_path / "third", init_distributed("cpu"),
+                      init_from=tmp_path / "first" / "checkpoints" / "step_00000001.pt")
+    assert trainer.config.diffusion.prior_energy_max == 3.0
+    assert "diffusion.prior_energy_max=2.0 ignored: the weights were trained with 3.0" in caplog.text

@@ -66,8 +66,6 @@ _WEIGHT_SECTIONS = ("audio.", "model.")
 _WEIGHT_FIELDS = {"diffusion.num_steps", "diffusion.schedule", "diffusion.beta_start", "diffusion.beta_end",
                   "diffusion.prior", "diffusion.prior_floor",  # the prior changes what the network predicts
                   "distill.student"}  # a consistency student's output means x_0 through f, not a noise estimate
-# PriorGrad's corpus statistics: a run whose config leaves them unset takes the checkpoint's, so that is no change.
-_CORPUS_STATISTICS = {"diffusion.prior_energy_min", "diffusion.prior_energy_max"}
 _ABSENT = "<absent>"
 
 
@@ -381,8 +379,7 @@ def check_compatible(saved_config: dict[str, Any], config: Config,
 
     Fields that change tensor shapes or the meaning of the weights (audio.*, model.*, the training noise
     schedule) must match: a CheckpointError lists every one that differs. The rest (learning rate, log
-    cadence, ...) may change on resume and are returned for the caller to log; PriorGrad statistics that this
-    run leaves unset are not a difference, since the callers take the checkpoint's.
+    cadence, ...) may change on resume and are returned for the caller to log.
     """
     if not isinstance(saved_config, dict):
         raise CheckpointError(f"{source}: its config is a {type(saved_config).__name__}, not a mapping")
@@ -392,7 +389,7 @@ def check_compatible(saved_config: dict[str, Any], config: Config,
     breaking, allowed = [], []
     for key in sorted(saved.keys() | now.keys()):
         before, after = saved.get(key, _ABSENT), now.get(key, _ABSENT)
-        if before != after and not (key in _CORPUS_STATISTICS and after is None):
+        if before != after:
             line = f"{key}: saved {before!r} != now {after!r}"
             weights = key.startswith(_WEIGHT_SECTIONS) or key in _WEIGHT_FIELDS
             (breaking if weights else allowed).append(line)

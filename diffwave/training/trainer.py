@@ -224,24 +224,33 @@ class Trainer:
         if self.init_from is None or not fresh:
             return
         model, saved = load_model(self.init_from)
-        for note in check_compatible(config_to_dict(saved), self.config, source=str(self.init_from)):
+        saved_config = config_to_dict(saved)
+        self._adopt_corpus_statistics(saved_config)
+        for note in check_compatible(saved_config, self.config, source=str(self.init_from)):
             logger.info("starting from %s with a changed setting: %s", self.init_from, note)
-        if saved.diffusion.prior == "priorgrad":
-            statistics = {key: getattr(saved.diffusion, key) for key in ("prior_energy_min", "prior_energy_max")}
-            self.config = replace(self.config, diffusion=replace(self.config.diffusion, **statistics))
         self.model.load_state_dict(model.state_dict())
         if self.context.is_main:
             logger.info("starting from the weights of %s with a fresh optimizer", self.init_from)
+
+    def _adopt_corpus_statistics(self, saved_config: dict[str, Any]) -> None:
+        """A PriorGrad run keeps the corpus statistics its weights were trained with, whatever the data folder
+        holds; taken before the configs are compared, so they are never reported as a changed setting."""
+        if self.config.diffusion.prior != "priorgrad":
+            return
+        saved = {key: saved_config["diffusion"][key] for key in ("prior_energy_min", "prior_energy_max")}
+        for key, value in saved.items():
+            asked = getattr(self.config.diffusion, key)
+            if asked is not None and asked != value:
+                logger.warning("diffusion.%s=%s ignored: the weights were trained with %s", key, asked, value)
+        self.config = replace(self.config, diffusion=replace(self.config.diffusion, **saved))
 
     def _restore(self, path: Path) -> None:
         self._load_state(load_checkpoint(path, map_location=self.device), path)
 
     def _load_state(self, state: dict[str, Any], path: Path) -> None:
+        self._adopt_corpus_statistics(state["config"])
         for note in check_compatible(state["config"], self.config, source=str(path)):
             logger.info("resuming with a changed setting: %s", note)
-        if self.config.diffusion.prior == "priorgrad":  # the run's own corpus statistics, whatever the folder holds
-            saved = {key: state["config"]["diffusion"][key] for key in ("prior_energy_min", "prior_energy_max")}
-            self.config = replace(self.config, diffusion=replace(self.config.diffusion, **saved))
         self.prior = EnergyPrior.from_config(self.config)
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
