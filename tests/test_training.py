@@ -187,6 +187,19 @@ def test_a_resumed_priorgrad_run_keeps_its_own_corpus_statistics(tiny_features, 
                                                                           saved["prior_energy_max"])
 
 
+def test_a_resume_that_asks_for_another_learning_rate_gets_it(tiny_features, tmp_path):
+    run = tmp_path / "run"
+    train(tiny("train.max_steps=3", "train.learning_rate=1e-3", "train.warmup_steps=10"), tiny_features, run,
+          device="cpu")
+    checkpoint = prepare_run_dir(run, resume=True, overwrite=False)
+    trainer = Trainer(tiny("train.learning_rate=4e-4", "train.warmup_steps=10"), tiny_features, run,
+                      init_distributed("cpu"), resume_from=checkpoint)
+    assert trainer.step == 3
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(4e-4 * 4 / 10)  # still warming up
+    trainer.scheduler.step()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(4e-4 * 5 / 10)
+
+
 def test_train_command_end_to_end(tiny_features, tmp_path):
     command = [sys.executable, "-m", "diffwave", "train", "--config", "tiny", "--data", str(tiny_features),
                "--out", str(tmp_path / "run"), "--max-steps", "2", *FAST]

@@ -244,6 +244,13 @@ class Trainer:
                 logger.warning("diffusion.%s=%s ignored: the weights were trained with %s", key, asked, value)
         self.config = replace(self.config, diffusion=replace(self.config.diffusion, **saved))
 
+    def _set_learning_rate(self, learning_rate: float) -> None:
+        """The restored scheduler carries the saved run's base rate; a resume that asks for another takes it."""
+        self.scheduler.base_lrs = [learning_rate] * len(self.optimizer.param_groups)
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True):
+            group["initial_lr"] = learning_rate
+            group["lr"] = learning_rate * factor(self.scheduler.last_epoch)
+
     def _restore(self, path: Path) -> None:
         self._load_state(load_checkpoint(path, map_location=self.device), path)
 
@@ -258,6 +265,7 @@ class Trainer:
         self.ema_update.updates = state["ema_updates"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._set_learning_rate(self.config.train.learning_rate)
         if self.scaler.is_enabled() and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
