@@ -235,8 +235,8 @@ class Trainer:
     def _adopt_corpus_statistics(self, saved_config: dict[str, Any]) -> None:
         """A PriorGrad run keeps the corpus statistics its weights were trained with, whatever the data folder
         holds; taken before the configs are compared, so they are never reported as a changed setting."""
-        if self.config.diffusion.prior != "priorgrad":
-            return
+        if self.config.diffusion.prior != "priorgrad" or saved_config["diffusion"]["prior"] != "priorgrad":
+            return  # a prior that differs is refused by check_compatible
         saved = {key: saved_config["diffusion"][key] for key in ("prior_energy_min", "prior_energy_max")}
         for key, value in saved.items():
             asked = getattr(self.config.diffusion, key)
