@@ -35,13 +35,13 @@ The ddpm rows use a 1-second clip (RTF is per second of audio; the full chain is
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import json
 import resource
+import sys
 import time
-from queue import Empty
 
 import torch
-from common import matmul_peak_gflops, synchronize
+from common import matmul_peak_gflops, run_child, synchronize
 
 from diffwave.config import load_config
 from diffwave.diffusion import NoiseSchedule, fast_schedule, sample
@@ -112,49 +112,60 @@ def per_step_conditioning_ratio(vocoder: Vocoder, seconds: float) -> float:
         return timed(per_step, device) / timed(cached, device)
 
 
-def peak_memory(name: str, seconds: float, device: torch.device, dtype: torch.dtype, queue) -> None:
-    """Child process: vocode `seconds` of audio with ddim at 1 step and report its peak memory (MiB)."""
+def peak_memory(name: str, seconds: float, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """Child process: vocode `seconds` of audio with ddim at 1 step; its peak memory (MiB)."""
     vocoder = random_vocoder(name, device, dtype)
     frames = round(seconds * vocoder.sample_rate / vocoder.hop_length)
     vocoder.vocode(torch.randn(vocoder.n_mels, frames) - 5.0, sampler="ddim", steps=1,
                    generator=torch.Generator().manual_seed(0))
     on_device = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, on_device))
+    return {"host": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "device": on_device}
 
 
-def memory_rows(lengths: list[float], device: torch.device, dtype: torch.dtype, label: str) -> None:
-    """Peak memory per length, each in a fresh process (a high-water mark cannot be reset in-process)."""
-    context = multiprocessing.get_context("spawn")
+def memory_rows(lengths: list[float], device: torch.device, label: str) -> None:
+    """Peak memory per length, each in a fresh process (a high-water mark cannot be reset in-process); a child
+    that dies stops the benchmark at once with its exit code and error (`run_child`)."""
     peaks = []
     for seconds in lengths:
-        queue = context.Queue()
-        child = context.Process(target=peak_memory, args=("base", seconds, device, dtype, queue))
-        child.start()
-        try:
-            host, on_device = queue.get(timeout=3600)
-        except Empty:
-            child.kill()
-            raise SystemExit(f"the memory child for {seconds:g} s ended without a result (exit code {child.exitcode}; "
-                             "out of memory?)") from None
-        child.join()
-        peaks.append(host)
-        extra = f", CUDA max allocated {on_device:.0f} MiB" if device.type == "cuda" else ""
-        print(f"BASE {label} ddim 1 step, {seconds:g} s of audio: peak resident memory {host:.0f} MiB{extra}",
-              flush=True)
+        child = [sys.executable, __file__, "--device", str(device), "--memory-child", label, f"{seconds:g}"]
+        result = json.loads(run_child(child, f"the {label} memory child for {seconds:g} s").strip().splitlines()[-1])
+        peaks.append(result["host"])
+        extra = f", CUDA max allocated {result['device']:.0f} MiB" if device.type == "cuda" else ""
+        print(f"BASE {label} ddim 1 step, {seconds:g} s of audio: peak resident memory {result['host']:.0f} MiB"
+              f"{extra}", flush=True)
     print(f"BASE {label} peak memory {lengths[-1]:g} s / {lengths[0]:g} s: {peaks[-1] / peaks[0]:.2f}")
+
+
+def memory_lengths(text: str) -> list[float]:
+    """--memory-seconds: comma-separated lengths > 0; '' or '0' skips the memory rows."""
+    if text.strip() in ("", "0"):
+        return []
+    try:
+        lengths = [float(seconds) for seconds in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of seconds: {text!r}") from None
+    if min(lengths) <= 0:
+        raise argparse.ArgumentTypeError(f"every length must be > 0 (0 alone skips the rows), got {text!r}")
+    return lengths
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--long-seconds", type=float, default=30.0, help="0 skips the long-input row")
-    parser.add_argument("--memory-seconds", default="30,600", help="audio lengths for the memory rows; '' skips")
+    parser.add_argument("--memory-seconds", type=memory_lengths, default="30,600",
+                        help="audio lengths for the memory rows; 0 or '' skips them")
     parser.add_argument("--models", default="base,large")
     parser.add_argument("--samplers", default="fast,ddim,ddpm")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", help="comma-separated precisions (default: fp32,bf16; plus fp16 on CUDA)")
+    parser.add_argument("--memory-child", nargs=2, metavar=("DTYPE", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.memory_child:
+        dtype, seconds = args.memory_child
+        print(json.dumps(peak_memory("base", float(seconds), device, DTYPES[dtype])))
+        return
     names = (args.dtypes or ("fp32,bf16,fp16" if device.type == "cuda" else "fp32,bf16")).split(",")
     peaks = {name: matmul_peak_gflops(device, DTYPES[name]) for name in names}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -189,9 +200,8 @@ def main() -> None:
         wide = vocode_rtf(base, args.long_seconds, "fast", chunk_seconds=5.0)[0]
         print(f"BASE fast {names[0]}, {args.long_seconds:g} s, RTF with {CHUNK_SECONDS:g} s / 5 s windows: "
               f"{long:.3f} / {wide:.3f} = {long / wide:.2f}")
-    if args.memory_seconds:
-        for name in names:
-            memory_rows([float(seconds) for seconds in args.memory_seconds.split(",")], device, DTYPES[name], name)
+    for name in names if args.memory_seconds else ():
+        memory_rows(args.memory_seconds, device, name)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import itertools
 import json
 import logging
 import resource
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from common import matmul_peak_gflops, synchronize
+from common import matmul_peak_gflops, run_child, synchronize
 
 from diffwave.config import Config, load_config
 from diffwave.data.preprocess import preprocess
@@ -141,9 +140,9 @@ def time_reference(args: argparse.Namespace) -> dict[str, float]:
     """The reference's own model and its learner's step (noise, L1 loss, clip, Adam), in the fresh process its
     own package name needs (it is also called `diffwave`)."""
     command = [sys.executable, "-c", REFERENCE_STEP, str(args.batch_size), str(args.frames), str(args.steps)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=args.reference_src, check=True,
-                            env={"PYTHONPATH": str(Path(args.reference_src).resolve()), "PATH": "/usr/bin:/bin"})
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    output = run_child(command, "the reference's training step", cwd=args.reference_src,
+                       env={"PYTHONPATH": str(Path(args.reference_src).resolve()), "PATH": "/usr/bin:/bin"})
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -188,7 +187,7 @@ def main() -> None:
         for precision, memory in itertools.product(precisions, memories):
             label = precision if memory == "-" else f"{precision} {memory}"
             child = [sys.executable, __file__, *sys.argv[1:], "--one", precision, memory, str(work)]
-            output = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+            output = run_child(child, f"the {label} training child")
             rows[label] = row = json.loads(output.strip().splitlines()[-1])
             print(f"{label:>10} {row['samples_per_s']:10.0f} {row['gflops']:8.1f} "
                   f"{row['gflops'] / row['peak_gflops']:8.1%} {row['peak_mb']:9.0f}", flush=True)
