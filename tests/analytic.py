@@ -18,9 +18,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule
+from diffwave.model import DiffWave
 
 
 def alpha_bar_at(schedule: NoiseSchedule, t: Tensor) -> Tensor:
@@ -114,15 +117,67 @@ def chain_law(plan, mean: float, std: float, prior_std: float = 1.0, from_prior:
     if start is not None:
         m, v = start
     for i in reversed(range(len(plan))):
-        a, a_prev, sigma = (plan.alpha_bars[i].item(), plan.alpha_bars_prev[i].item(), plan.sigmas[i].item())
-        c = math.sqrt(1 - a) * prior2 / (a * std**2 + (1 - a) * prior2)  # eps*(x) = c x - c sqrt(a) mean
-        if plan.update == "ancestral":
-            alpha = a / a_prev
-            gain = (1 - (1 - alpha) * c / math.sqrt(1 - a)) / math.sqrt(alpha)
-            offset = (1 - alpha) * c * math.sqrt(a) * mean / (math.sqrt(1 - a) * math.sqrt(alpha))
-        else:
-            direction = math.sqrt(1 - a_prev - sigma**2) - math.sqrt(a_prev * (1 - a) / a)
-            gain = math.sqrt(a_prev / a) + direction * c
-            offset = -direction * c * math.sqrt(a) * mean
-        m, v = gain * m + offset, gain**2 * v + sigma**2 * prior2
+        gain, offset = step_affine(plan, i, std, prior_std)
+        m, v = gain * m + offset * mean, gain**2 * v + plan.sigmas[i].item() ** 2 * prior2
     return m, v
+
+
+def step_affine(plan, i: int, std: float, prior_std: Tensor | float = 1.0) -> tuple:
+    """(gain, offset) of plan step i under the optimal predictor of S eps for data N(mean, std^2): the step's
+    mean is gain x + offset * mean, written from the papers (Ho et al. eq. 11, Song et al. eq. 12); its fresh
+    noise is sigma_i S z. `prior_std` S may be a tensor (one value per sample): gain and offset are then too."""
+    a, a_prev, sigma = (plan.alpha_bars[i].item(), plan.alpha_bars_prev[i].item(), plan.sigmas[i].item())
+    prior2 = prior_std**2
+    c = math.sqrt(1 - a) * prior2 / (a * std**2 + (1 - a) * prior2)  # eps*(x) = c x - c sqrt(a) mean
+    if plan.update == "ancestral":
+        alpha = a / a_prev
+        gain = (1 - (1 - alpha) * c / math.sqrt(1 - a)) / math.sqrt(alpha)
+        return gain, (1 - alpha) * c * math.sqrt(a) / (math.sqrt(1 - a) * math.sqrt(alpha))
+    direction = math.sqrt(1 - a_prev - sigma**2) - math.sqrt(a_prev * (1 - a) / a)
+    return math.sqrt(a_prev / a) + direction * c, -direction * c * math.sqrt(a)
+
+
+def run_chain(plan, x_T: Tensor, draws, std: float, mean: Tensor | float = 0.0,
+              prior_std: Tensor | float = 1.0) -> Tensor:
+    """A plan's output, in float64, from x_T and the standard normal draws(i) of each step i, for data
+    N(mean, std^2) (mean and S per sample allowed) and the optimal predictor: `step_affine` step by step."""
+    x = x_T.double()
+    for i in reversed(range(len(plan))):
+        gain, offset = step_affine(plan, i, std, prior_std)
+        x = gain * x + offset * mean + plan.sigmas[i].item() * prior_std * draws(i).double()
+    return x
+
+
+class GaussianNetwork(DiffWave):
+    """A DiffWave module (real upsampler and conditioner, randomly initialised) whose forward is the optimal
+    predictor of S eps for data N(mean, std^2), sample by sample: a perfectly trained network, so a chain's
+    output follows from the step formulas alone (`run_chain`).
+
+    A conditional one takes each sample's data mean from its conditioning (`mean_of`), so a chain given the
+    wrong conditioning lands elsewhere. `prior_std` is PriorGrad's S (a float, or [N] for one utterance). The
+    estimate leaves through a 1x1 convolution of unit weight, exact in fp32, as a network's output projection
+    does, so that autocast really runs it in bf16 when asked; `dtypes` records each estimate's dtype.
+    """
+
+    def __init__(self, config: Config, std: float, prior_std: Tensor | float = 1.0) -> None:
+        super().__init__(num_steps=config.diffusion.num_steps, residual_channels=config.model.residual_channels,
+                         residual_layers=config.model.residual_layers, dilation_cycle=config.model.dilation_cycle,
+                         n_mels=config.audio.n_mels if config.model.conditional else None,
+                         hop_length=config.audio.hop_length)
+        self.schedule, self.std, self.prior_std = NoiseSchedule.from_config(config.diffusion), std, prior_std
+        self.register_buffer("unit", torch.ones(1, 1, 1))
+        self.dtypes: list[torch.dtype] = []
+
+    @staticmethod
+    def mean_of(cond: Tensor) -> Tensor:
+        """Each sample's data mean [B, N], read off the first channel of the first layer's conditioning."""
+        return 0.3 * torch.tanh(10 * cond[:, 0, 0].double())
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None, mask: Tensor | None = None, *,
+                mel: Tensor | None = None) -> Tensor:
+        alpha_bar = alpha_bar_at(self.schedule, t)
+        centred = x.double() - alpha_bar.sqrt()[:, None] * (0.0 if cond is None else self.mean_of(cond))
+        eps = gaussian(0.0, self.std).optimal_eps(centred, alpha_bar, self.prior_std).float()
+        eps = F.conv1d(eps.unsqueeze(1), self.unit).squeeze(1)
+        self.dtypes.append(eps.dtype)
+        return eps

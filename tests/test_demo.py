@@ -1,38 +1,127 @@
-"""`make demo` on one cropped clip: every file the page references exists and is what it claims to be."""
+"""`make demo`: the page it writes for the four bundled clips, built from cached results (no vocoding), and
+one cropped clip end to end: every file the page references exists and is what it claims to be."""
 
+import importlib.util
 import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
+import pytest
 import soundfile as sf
+import torch
+
+from diffwave.config import AudioConfig
+from diffwave.pretrained import heldout
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = REPO / "recipes" / "demo" / "clips"
+CLIP_IDS = [f"LJ001-000{i}" for i in range(1, 5)]
+PLAYERS = ("reference", "diffwave", "griffin_lim")
 
 
 class References(HTMLParser):
-    """Every src and href of a page, and the text of its table headers."""
+    """Every src and href of a page, the text of its headings and table headers, and its table rows."""
 
     def __init__(self) -> None:
         super().__init__()
         self.links: list[str] = []
         self.headers: list[str] = []
-        self._in_header = False
+        self.headings: list[str] = []
+        self.rows: list[list[str]] = []
+        self.text: list[str] = []
+        self._open: str | None = None
 
     def handle_starttag(self, tag, attrs):
         self.links += [value for name, value in attrs if name in ("src", "href") and value]
-        self._in_header = tag == "th"
+        if tag == "tr":
+            self.rows.append([])
+        self._open = tag if tag in ("th", "td", "h1", "h2", "title") else None
 
     def handle_data(self, data):
-        if self._in_header:
-            self.headers.append(data)
-            self._in_header = False
+        self.text.append(data)
+        if self._open in ("th", "td"):
+            self.rows[-1].append(data)
+            if self._open == "th":
+                self.headers.append(data)
+        elif self._open in ("h1", "h2"):
+            self.headings.append(data)
+        self._open = None
+
+
+def load_demo_script():
+    """recipes/demo/run.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("demo_run", REPO / "recipes" / "demo" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cached_results() -> list[heldout.ClipResult]:
+    """What `heldout.compare` returns for the four clips, in miniature: 0.1-0.25 s of audio each, and a score
+    that differs in every cell (clip, system, metric), so a number in the wrong place shows."""
+    rate, results = AudioConfig().sample_rate, []
+    for c, clip in enumerate(CLIP_IDS):
+        n = int((0.1 + 0.05 * c) * rate)
+        t = torch.arange(n) / rate
+        reference = 0.3 * torch.sin(2 * torch.pi * (150 + 40 * c) * t)
+        audio = {"diffwave": 0.9 * reference, "griffin_lim": 0.5 * reference.roll(7)}
+        scores = {system: {metric: c + 0.1 * s + 0.01 * m + 0.001 for m, metric in enumerate(heldout.METRICS)}
+                  for s, system in enumerate(heldout.SYSTEMS)}
+        results.append(heldout.ClipResult(clip, reference, audio, scores))
+    return results
+
+
+def expected_means(results: list[heldout.ClipResult]) -> dict[str, dict[str, float]]:
+    """Written out here: plain means over the clips, except the RTF: total synthesis time over total audio."""
+    table = {}
+    for system in heldout.SYSTEMS:
+        table[system] = {m: float(np.mean([r.scores[system][m] for r in results])) for m in heldout.METRICS}
+        seconds = sum(r.scores[system]["rtf"] * r.reference.numel() for r in results)
+        table[system]["rtf"] = seconds / sum(r.reference.numel() for r in results)
+    return table
+
+
+def test_the_full_demo_page_from_cached_results(cached_results, tmp_path):
+    """The page `make demo` writes for all four clips: per clip a heading, the three players and the mel image,
+    each a real file with the right audio; then the metrics table, every cell in its row and column, and the
+    means; the same numbers in metrics.md."""
+    demo = load_demo_script()
+    out = tmp_path / "demo"
+    index = demo.write_demo(out, "The title", "4 held-out clips (0.7 s), a setup sentence", cached_results,
+                            AudioConfig())
+    page = References()
+    page.feed(index.read_text())
+    assert page.headings == ["The title", *CLIP_IDS, "Metrics"]
+    assert "4 held-out clips (0.7 s), a setup sentence." in page.text
+    assert page.links == [link for clip in CLIP_IDS
+                          for link in [f"{clip}/{player}.wav" for player in PLAYERS] + [f"{clip}/mels.png"]]
+    for result in cached_results:
+        for player, signal in {"reference": result.reference, **result.audio}.items():
+            audio, rate = sf.read(out / result.id / f"{player}.wav", dtype="float32")
+            assert rate == 22050
+            np.testing.assert_allclose(audio, signal.numpy(), atol=1 / 2**15, rtol=0)  # 16-bit PCM
+        assert (out / result.id / "mels.png").read_bytes().startswith(b"\x89PNG")
+    assert page.rows[0] == ["clip", "system", *heldout.METRICS.values()]
+    expected = [[r.id, label, *(f"{r.scores[system][m]:.3f}" for m in heldout.METRICS)]
+                for r in cached_results for system, label in heldout.SYSTEMS.items()]
+    means = expected_means(cached_results)
+    expected += [["mean", label, *(f"{means[system][m]:.3f}" for m in heldout.METRICS)]
+                 for system, label in heldout.SYSTEMS.items()]
+    assert page.rows[1:] == expected
+    # The RTF mean is weighted by length, which the clips' different lengths make differ from the plain mean.
+    assert f"{np.mean([r.scores['diffwave']['rtf'] for r in cached_results]):.3f}" != expected[-2][-1]
+    assert "Clips: LJSpeech (public domain), see recipes/demo/clips/CREDITS.md." in page.text
+    markdown = [[cell.strip().strip("*") for cell in line.strip("|").split("|")]
+                for line in (out / "metrics.md").read_text().splitlines()[2:]]
+    assert markdown == expected
 
 
 def test_the_bundled_clips_are_small_credited_flac():
     clips = sorted(CLIPS.glob("*.flac"))
-    assert [clip.stem for clip in clips] == [f"LJ001-000{i}" for i in range(1, 5)]
+    assert [clip.stem for clip in clips] == CLIP_IDS
     assert sum(clip.stat().st_size for clip in clips) <= 2_000_000
     assert all(sf.info(clip).samplerate == 22050 and sf.info(clip).channels == 1 for clip in clips)
     credits = (CLIPS / "CREDITS.md").read_text()

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from diffwave import pretrained  # noqa: E402
 from diffwave.audio import LogMel, write_audio  # noqa: E402
+from diffwave.config import AudioConfig  # noqa: E402
 from diffwave.errors import DiffwaveError  # noqa: E402
 from diffwave.fileio import atomic_write  # noqa: E402
 from diffwave.inference.vocoder import Vocoder  # noqa: E402
@@ -75,18 +76,24 @@ def page(title: str, setup: str, results: list[heldout.ClipResult]) -> str:
 
 
 def run(out: Path, vocoder: Vocoder, clips: dict, title: str) -> Path:
-    """Write the demo for `clips` into `out`; returns the page."""
+    """Vocode and score `clips`, then write the demo into `out`; returns the page."""
     results = heldout.compare(vocoder, clips)
-    front_end = LogMel(vocoder.config.audio)
+    return write_demo(out, title, heldout.describe_setup(vocoder, clips), results, vocoder.config.audio)
+
+
+def write_demo(out: Path, title: str, setup: str, results: list[heldout.ClipResult], audio: AudioConfig) -> Path:
+    """Write results already computed into `out`: per clip its wavs and mel image, then index.html (`page`) and
+    metrics.md; returns the page. Separate from `run` so the page can be built without vocoding anything."""
+    front_end = LogMel(audio)
     for result in results:
         folder = out / result.id
         folder.mkdir(parents=True, exist_ok=True)
-        for system, audio in {"reference": result.reference, **result.audio}.items():
-            write_audio(folder / f"{system}.wav", audio, vocoder.sample_rate)
+        for system, signal in {"reference": result.reference, **result.audio}.items():
+            write_audio(folder / f"{system}.wav", signal, audio.sample_rate)
         mel_image(folder / "mels.png", result, front_end)
     index = out / "index.html"
     with atomic_write(index) as temp:
-        temp.write_text(page(title, heldout.describe_setup(vocoder, clips), results))
+        temp.write_text(page(title, setup, results))
     with atomic_write(out / "metrics.md") as temp:
         temp.write_text(heldout.markdown_table(results) + "\n")
     return index
