@@ -128,9 +128,17 @@ class DataConfig:
     num_workers: int = 2
     valid_fraction: float = 0.01  # of the utterances not in the test split
     test_fraction: float = 0.02  # folder corpora; LJSpeech holds out LJ001* and LJ002*, as the reference did
+    # Unconditional models only: each utterance scaled to this RMS (None: as recorded), then to a level drawn
+    # from [-level_jitter_db, 0] dB per crop; a denoising prior meets speech at the level denoise normalises to.
+    target_rms: float | None = None
+    level_jitter_db: float = 0.0
 
     def __post_init__(self) -> None:
         _check_positive("data", crop_frames=self.crop_frames, crop_samples=self.crop_samples)
+        if self.target_rms is not None:
+            _check_positive("data", target_rms=self.target_rms)
+        if self.level_jitter_db < 0:
+            raise ConfigError(f"data.level_jitter_db must not be negative, got {self.level_jitter_db}")
         for key in ("valid_fraction", "test_fraction"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"data.{key} must lie in [0, 1), got {getattr(self, key)}")
@@ -143,6 +151,9 @@ class TrainConfig:
     batch_size: int = 16
     learning_rate: float = 2e-4
     max_steps: int = 1_000_000
+    # The largest 0-based diffusion step drawn for a training example (None: T - 1). A denoising prior only
+    # meets the low-noise steps that denoise starts from, so it spends its training there.
+    max_step: int | None = None
     precision: str = "auto"
     ema_decay: float = 0.9999
     grad_clip_norm: float | None = None
@@ -208,9 +219,20 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
+        if self.train.max_step is not None and not 0 <= self.train.max_step < self.diffusion.num_steps:
+            raise ConfigError(f"train.max_step must lie in 0..{self.diffusion.num_steps - 1} (diffusion.num_steps - "
+                              f"1), got {self.train.max_step}")
+        if self.data.target_rms is not None and self.model.conditional:
+            raise ConfigError("data.target_rms rescales the audio but not its mel; it is for unconditional models "
+                              "(model.conditional: false)")
         if self.diffusion.prior == "priorgrad" and not self.model.conditional:
             raise ConfigError("diffusion.prior is 'priorgrad', but the model is unconditional (model.conditional: "
                               "false): PriorGrad's prior comes from the mel; use diffusion.prior=standard")
+
+
+def trained_steps(config: Config) -> int:
+    """How many steps, from 0, a model of `config` was trained on (train.max_step + 1, or the whole schedule)."""
+    return config.diffusion.num_steps if config.train.max_step is None else config.train.max_step + 1
 
 
 def _large() -> Config:

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from diffwave.audio import LogMel
-from diffwave.audio.griffin_lim import griffin_lim, linear_magnitude
+from diffwave.audio.griffin_lim import griffin_lim, linear_magnitude, rescale_to_mel
 from diffwave.config import load_config
+from tests.audio_fixtures import harmonic_tone
 
 BASE = load_config("base").audio
 LMNT = load_config("lmnt").audio
@@ -65,3 +66,23 @@ def test_the_seed_decides_the_phase_and_leaves_the_global_generator_alone():
     a, b, c = griffin_lim(mel, BASE, 5, seed=0), griffin_lim(mel, BASE, 5, seed=0), griffin_lim(mel, BASE, 5, seed=1)
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize(("audio", "far"), [(BASE, 0.2), (LMNT, 0.03)], ids=["hifigan", "lmnt"])
+def test_envelope_rescaling_moves_the_mel_to_its_target_and_keeps_a_match(audio, far):
+    """A signal whose bands were tilted by a known smooth gain gets its mel back (the ratio the rescaling corrects
+    is exact per band); a signal already at its target is left as it is; zero passes change nothing."""
+    rate = audio.sample_rate
+    reference = torch.from_numpy(harmonic_tone(rate, 0.8, seed=2)).float() * 0.3
+    target = LogMel(audio)(reference)
+    spectrum = torch.fft.rfft(reference.double())
+    tilt = torch.linspace(2.0, 0.25, spectrum.numel(), dtype=torch.float64)  # +6 dB at DC to -12 dB at Nyquist
+    tilted = torch.fft.irfft(spectrum * tilt, n=reference.numel()).float()
+
+    def distance(signal: torch.Tensor) -> float:
+        return (LogMel(audio)(signal)[:, : target.shape[1]] - target).abs().mean().item()
+
+    assert distance(tilted) > far  # the tilt is far from the target (ln units for hifigan, dB / 100 for lmnt)
+    assert distance(rescale_to_mel(tilted, target, audio)) < 0.2 * distance(tilted)
+    assert torch.equal(rescale_to_mel(tilted, target, audio, passes=0), tilted)
+    torch.testing.assert_close(rescale_to_mel(reference, target, audio), reference, atol=1e-5, rtol=0)

@@ -1,4 +1,5 @@
-"""Griffin-Lim from a log-mel: the model-free baseline a vocoder has to beat on the same mels.
+"""Griffin-Lim from a log-mel: the model-free baseline a vocoder has to beat on the same mels, and the
+network-free control that follows it with a mel-envelope rescaling (`rescale_to_mel`).
 
 The mel is decompressed with the preset's own inverse (`prior.mel_magnitudes`), the filterbank is inverted
 by least squares (the minimum-norm solution, negative bins set to zero, as torchaudio's InverseMelScale
@@ -21,6 +22,8 @@ from diffwave.config import AudioConfig
 
 GRIFFIN_LIM_ITERATIONS = 100
 GRIFFIN_LIM_MOMENTUM = 0.99
+ENVELOPE_PASSES = 16
+MAX_BAND_GAIN = 1e3  # per pass: a band the estimate left silent is lifted, but not from numerical zero to anything
 
 
 def linear_magnitude(mel: Tensor, config: AudioConfig) -> Tensor:
@@ -50,3 +53,39 @@ def griffin_lim(mel: Tensor, config: AudioConfig, iterations: int = GRIFFIN_LIM_
     audio = F.pad(audio, (shift, 0))  # frame n of the preset is centred `shift` samples after n * hop
     length = frames * config.hop_length
     return F.pad(audio, (0, max(0, length - audio.numel())))[:length].clamp(-1.0, 1.0)
+
+
+def rescale_to_mel(audio: Tensor, mel: Tensor, config: AudioConfig, passes: int = ENVELOPE_PASSES) -> Tensor:
+    """`audio` [frames * hop] with each STFT frame's bins rescaled, `passes` times, so that its log-mel moves to
+    `mel` [n_mels, frames], the phase kept: the network-free control a vocoder must also beat.
+
+    Each pass measures the audio's mel magnitudes with the preset's own front end, takes the ratio to the
+    target's per band and frame, spreads it over the linear bins by the filterbank's weights (bins no band
+    covers keep their gain of 1) and resynthesises by overlap-add. Frame n of the preset is centred `shift`
+    samples after n * hop, so the STFT runs on the audio from sample `shift` on; the first `shift` samples keep
+    their values.
+    """
+    if mel.ndim != 2 or mel.shape[0] != config.n_mels:
+        raise ValueError(f"mel must have shape [{config.n_mels}, frames], got {tuple(mel.shape)}")
+    front_end = LogMel(config)
+    basis = front_end.mel_basis.double()
+    weight = basis.sum(dim=0)
+    covered = weight > 0
+    target = mel_magnitudes(mel.detach().cpu().double(), config)
+    shift = config.n_fft // 2 - reflect_padding(config)
+    window = torch.hann_window(config.win_length, dtype=torch.float64)
+    stft = {"n_fft": config.n_fft, "hop_length": config.hop_length, "win_length": config.win_length,
+            "window": window, "center": True}
+    result = audio.detach().cpu().double()
+    for _ in range(passes):
+        current = mel_magnitudes(front_end(result.float()).double(), config)
+        frames = min(current.shape[-1], target.shape[-1])
+        ratio = (target[:, :frames] / current[:, :frames].clamp(min=1e-12)).clamp(1 / MAX_BAND_GAIN, MAX_BAND_GAIN)
+        gain = torch.ones(weight.numel(), frames, dtype=torch.float64)
+        gain[covered] = (basis.T @ ratio)[covered] / weight[covered, None]
+        body = result[shift:]
+        spectrum = torch.stft(body, return_complex=True, **stft)
+        count = min(frames, spectrum.shape[-1])
+        spectrum[:, :count] *= gain[:, :count]
+        result = torch.cat([result[:shift], torch.istft(spectrum, length=body.numel(), **stft)])
+    return result.float()

@@ -103,7 +103,8 @@ class _Crops(Dataset[Item], ABC):
     then a whole number of frames.
     """
 
-    def __init__(self, utterances: Sequence[Utterance], crop_samples: int, config: AudioConfig | None) -> None:
+    def __init__(self, utterances: Sequence[Utterance], crop_samples: int, config: AudioConfig | None,
+                 target_rms: float | None = None) -> None:
         if crop_samples <= 0:
             raise ValueError(f"crop_samples must be positive, got {crop_samples}")
         if config is not None and crop_samples % config.hop_length:
@@ -112,6 +113,10 @@ class _Crops(Dataset[Item], ABC):
         self.crop_samples = crop_samples
         self.config = config
         self.mel_format = None if config is None else _MelFormat.of(config)
+        if target_rms is not None and (config is not None or target_rms <= 0):
+            raise ValueError("target_rms needs audio-only crops (a mel would no longer match) and must be positive")
+        self.target_rms = target_rms
+        self._utterance_rms: dict[int, float] = {}
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -144,19 +149,36 @@ class _Crops(Dataset[Item], ABC):
     def _start(self, index: int) -> int:
         """Where item `index` starts, in units of `_unit()` samples."""
 
+    def _level_db(self, index: int) -> float:
+        """Where item `index` sits relative to `target_rms`, in dB (0 here; random crops may jitter it)."""
+        return 0.0
+
+    def _gain(self, index: int) -> float:
+        """The factor that brings the whole utterance to `target_rms` (then the item's level), 1 for a silent
+        utterance: the same level whichever crop of it is served."""
+        assert self.target_rms is not None
+        if index not in self._utterance_rms:
+            audio = _open(self.utterances[index].audio, "audio")
+            self._utterance_rms[index] = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0
+        rms = self._utterance_rms[index]
+        return self.target_rms / rms * 10 ** (self._level_db(index) / 20) if rms > 0 else 1.0
+
     def __getitem__(self, index: int) -> Item:
         utterance = self.utterances[index]
-        return _crop(utterance, self._start(index) * self._unit(), self.crop_samples, self.mel_format)
+        item = _crop(utterance, self._start(index) * self._unit(), self.crop_samples, self.mel_format)
+        if self.target_rms is not None:
+            item["audio"].mul_(self._gain(index))
+        return item
 
 
 class _RandomCrops(_Crops):
     """Training crops at a random start drawn from numpy.random.default_rng([seed, epoch, index])."""
 
     def __init__(self, utterances: Sequence[Utterance], crop_samples: int, config: AudioConfig | None,
-                 seed: int) -> None:
+                 seed: int, target_rms: float | None = None) -> None:
         if seed < 0:
             raise ValueError(f"seed must be >= 0 (numpy seeds are non-negative), got {seed}")
-        super().__init__(utterances, crop_samples, config)
+        super().__init__(utterances, crop_samples, config, target_rms)
         self.seed = seed
 
     def _start(self, index: int) -> int:
@@ -182,11 +204,23 @@ class ConditionalCrops(_RandomCrops):
 class UnconditionalCrops(_RandomCrops):
     """Random audio-only crops of `crop_samples` samples, starting at any sample, for the unconditional model.
 
+    With `target_rms`, each utterance is scaled to that RMS and then by a level drawn uniformly from
+    [-level_jitter_db, 0] dB per (seed, epoch, index): a prior for denoising sees speech at the levels the
+    denoiser's normalisation hands it (noisy input at `target_rms` leaves the speech itself a few dB lower).
     Items: {"audio": float32 [crop_samples], "id": str, "length": real audio samples in the crop}.
     """
 
-    def __init__(self, utterances: Sequence[Utterance], crop_samples: int, seed: int) -> None:
-        super().__init__(utterances, crop_samples, None, seed)
+    def __init__(self, utterances: Sequence[Utterance], crop_samples: int, seed: int,
+                 target_rms: float | None = None, level_jitter_db: float = 0.0) -> None:
+        if level_jitter_db < 0:
+            raise ValueError(f"level_jitter_db must be >= 0, got {level_jitter_db}")
+        super().__init__(utterances, crop_samples, None, seed, target_rms)
+        self.level_jitter_db = level_jitter_db
+
+    def _level_db(self, index: int) -> float:
+        if not self.level_jitter_db:
+            return 0.0
+        return float(np.random.default_rng([self.seed, self.epoch, index, 1]).uniform(-self.level_jitter_db, 0.0))
 
 
 class ValidationCrops(_Crops):
@@ -197,8 +231,9 @@ class ValidationCrops(_Crops):
     then be a multiple of hop); without it they are audio-only, as `UnconditionalCrops`.
     """
 
-    def __init__(self, utterances: Sequence[Utterance], crop_samples: int, config: AudioConfig | None = None) -> None:
-        super().__init__(utterances, crop_samples, config)
+    def __init__(self, utterances: Sequence[Utterance], crop_samples: int, config: AudioConfig | None = None,
+                 target_rms: float | None = None) -> None:
+        super().__init__(utterances, crop_samples, config, target_rms)
 
     def _start(self, index: int) -> int:
         return max(0, self._last_start(self.utterances[index]) // 2)
@@ -222,7 +257,8 @@ def crops_for_training(folder: Path | str, config: Config, split: str = "train",
     seed = config.train.seed if seed is None else seed
     if config.model.conditional:
         return ConditionalCrops(utterances, config.audio, config.data.crop_frames, seed)
-    return UnconditionalCrops(utterances, config.data.crop_samples, seed)
+    return UnconditionalCrops(utterances, config.data.crop_samples, seed, config.data.target_rms,
+                              config.data.level_jitter_db)
 
 
 def crops_for_validation(folder: Path | str, config: Config, split: str = "valid") -> ValidationCrops:
@@ -230,4 +266,4 @@ def crops_for_validation(folder: Path | str, config: Config, split: str = "valid
     utterances = _split(folder, config, split)
     if config.model.conditional:
         return ValidationCrops(utterances, config.data.crop_frames * config.audio.hop_length, config.audio)
-    return ValidationCrops(utterances, config.data.crop_samples)
+    return ValidationCrops(utterances, config.data.crop_samples, target_rms=config.data.target_rms)

@@ -10,11 +10,6 @@ work=${2:?usage: train_voice.sh DATA WORK [key=value ...]}
 shift 2
 here=$(cd "$(dirname "$0")" && pwd)
 python=${PYTHON:-$here/../../.venv/bin/python}
-mkdir -p "$work/corpus"
-for wav in "$data"/allison/wavs/*.wav; do ln -sf "$(realpath "$wav")" "$work/corpus/allison_$(basename "$wav")"; done
-for wav in "$data"/ljspeech_mini/wavs/*.wav; do
-  id=$(basename "$wav" .wav)
-  [ -e "$here/../demo/clips/$id.flac" ] || ln -sf "$(realpath "$wav")" "$work/corpus/$id.wav"
-done
+"$here/../corpora/link_corpus.sh" "$data" "$work/corpus"
 "$python" -m diffwave preprocess "$work/corpus" "$work/features" --format folder --jobs 2 --config "$here/voice.yaml"
 exec "$python" -m diffwave train --data "$work/features" --out "$work/run" --config "$here/voice.yaml" "$@"
