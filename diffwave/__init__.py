@@ -6,6 +6,7 @@ from diffwave._torch_version import check_torch_version  # noqa: E402
 
 check_torch_version()
 
+from diffwave.checkpoints import load_unconditional  # noqa: E402
 from diffwave.config import Config, load_config  # noqa: E402
 from diffwave.diffusion import (  # noqa: E402
     NoiseSchedule,
@@ -18,7 +19,7 @@ from diffwave.diffusion import (  # noqa: E402
     variational_bound,
 )
 from diffwave.errors import DiffwaveError  # noqa: E402
-from diffwave.inference import Vocoder, load_unconditional  # noqa: E402
+from diffwave.inference import Vocoder  # noqa: E402
 from diffwave.inference.denoise import Denoised, denoise  # noqa: E402
 from diffwave.inference.generate import generate  # noqa: E402
 from diffwave.model import DiffWave  # noqa: E402

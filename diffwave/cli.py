@@ -87,7 +87,7 @@ def _distill_command(args: argparse.Namespace) -> None:
 
 
 def _export_command(args: argparse.Namespace) -> None:
-    from diffwave.training.checkpoint import export_safetensors
+    from diffwave.checkpoints import export_safetensors
 
     if Path(args.output).exists() and not args.force:
         raise DiffwaveError(f"{args.output} already exists; pass --force to replace it")
@@ -182,8 +182,8 @@ def _generate_command(args: argparse.Namespace) -> None:
 
     import torch
 
+    from diffwave.checkpoints import load_unconditional
     from diffwave.inference.generate import generate, write_clips
-    from diffwave.inference.loading import load_unconditional
 
     model, config = load_unconditional(args.checkpoint, device=args.device)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
@@ -199,8 +199,8 @@ def _generate_command(args: argparse.Namespace) -> None:
 
 
 def _denoise_command(args: argparse.Namespace) -> int | None:
+    from diffwave.checkpoints import load_unconditional
     from diffwave.inference.files import denoise_files
-    from diffwave.inference.loading import load_unconditional
 
     model, config = load_unconditional(args.checkpoint, device=args.device, purpose="denoising")
     summary = denoise_files(model, config, args.inputs, args.out, t_start=args.t_start, sdedit=args.sdedit,

@@ -21,9 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffwave.config import config_to_dict, load_config
-from diffwave.errors import CheckpointError
-from diffwave.training.checkpoint import (
+from diffwave.checkpoints import (
     FORMAT_VERSION,
     capture_rng_state,
     check_compatible,
@@ -35,6 +33,8 @@ from diffwave.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from diffwave.config import config_to_dict, load_config
+from diffwave.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -232,7 +232,7 @@ HANGING_SAVE = r"""
 import os, sys, time
 from pathlib import Path
 import torch
-from diffwave.training import checkpoint
+from diffwave import checkpoints as checkpoint
 
 run_dir, flag, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 real_replace, renames = os.replace, []
@@ -442,7 +442,7 @@ def test_the_package_never_loads_pickles_unsafely():
 
 def test_inference_loader_names_a_renamed_torch_checkpoint(tmp_path):
     """RELIABILITY A4 through the path the vocoder uses, not only through load_safetensors."""
-    from diffwave.training.checkpoint import load_model_weights
+    from diffwave.checkpoints import load_model_weights
 
     path = tmp_path / "model.safetensors"
     torch.save({"format_version": 1, "ema": {"w": torch.zeros(2)}}, path)

@@ -18,6 +18,7 @@ import soundfile as sf
 import torch
 from scipy import stats
 
+from diffwave.checkpoints import FORMAT_VERSION
 from diffwave.cli import main
 from diffwave.config import config_to_dict, load_config
 from diffwave.diffusion import NoiseSchedule, ddim, fast_schedule, full_chain, sample
@@ -26,7 +27,6 @@ from diffwave.errors import ScheduleError
 from diffwave.inference import Vocoder
 from diffwave.inference.generate import generate
 from diffwave.model import DiffWave
-from diffwave.training.checkpoint import FORMAT_VERSION
 from tests.analytic import GaussianMixture, gaussian
 from tests.audio_fixtures import harmonic_tone
 

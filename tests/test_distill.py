@@ -10,11 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from diffwave.checkpoints import load_checkpoint, load_model
 from diffwave.config import load_config
 from diffwave.errors import CheckpointError, TrainingError, VocodeError
-from diffwave.inference.loading import load_model
 from diffwave.inference.vocoder import Vocoder
-from diffwave.training.checkpoint import load_checkpoint
 from diffwave.training.distill import distill
 from diffwave.training.run import train
 from tests.test_training import assert_same_state, scalar_events

@@ -64,7 +64,7 @@ def torchrun_train(features: Path, run: Path, max_steps: int) -> subprocess.Comp
 
 def test_resume_under_ddp_is_bit_identical(tiny_features, tmp_path):
     """RELIABILITY 29: 2 ranks, 2 steps, a new torchrun resumes to 4 == 2 ranks straight to 4 (the real CLI)."""
-    from diffwave.training.checkpoint import load_checkpoint
+    from diffwave.checkpoints import load_checkpoint
 
     for run, stops in (("straight", (4,)), ("resumed", (2, 4))):
         for max_steps in stops:

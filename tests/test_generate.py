@@ -8,10 +8,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from diffwave.checkpoints import load_unconditional
 from diffwave.config import load_config
 from diffwave.errors import CheckpointError
 from diffwave.inference.generate import generate
-from diffwave.inference.loading import load_unconditional
 from diffwave.model import DiffWave
 
 

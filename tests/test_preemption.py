@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffwave.checkpoints import latest_checkpoint, load_checkpoint
 from diffwave.config import load_config
-from diffwave.training.checkpoint import latest_checkpoint, load_checkpoint
 from diffwave.training.distributed import init_distributed
 from diffwave.training.run import train
 from diffwave.training.trainer import Trainer, prepare_run_dir

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from diffwave import pretrained
+from diffwave.checkpoints import load_model_weights
 from diffwave.inference.vocoder import Vocoder
-from diffwave.training.checkpoint import load_model_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = importlib.util.spec_from_file_location("ship", REPO / "recipes" / "pretrained" / "ship.py")

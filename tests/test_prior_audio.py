@@ -12,12 +12,12 @@ import torch
 
 from diffwave.audio import LogMel
 from diffwave.audio.prior import ENERGY_QUANTILE, EnergyPrior, corpus_energy_range, frame_energy, mel_magnitudes
+from diffwave.checkpoints import load_checkpoint
 from diffwave.config import AudioConfig, config_from_dict, config_to_dict, load_config
 from diffwave.diffusion import ddim, fast_schedule, sample
 from diffwave.errors import ConfigError
 from diffwave.inference import Vocoder
 from diffwave.inference.chunking import PositionalNoise
-from diffwave.training.checkpoint import load_checkpoint
 from diffwave.training.distributed import init_distributed
 from diffwave.training.run import train
 from diffwave.training.trainer import Trainer, prepare_run_dir

@@ -15,13 +15,12 @@ import pytest
 import soundfile as sf
 import torch
 
+from diffwave.checkpoints import export_safetensors, load_checkpoint, load_model, load_safetensors, load_unconditional
 from diffwave.config import load_config
 from diffwave.diffusion import NoiseSchedule
 from diffwave.errors import CheckpointError, VocodeError
-from diffwave.inference.loading import load_model, load_unconditional
 from diffwave.inference.vocoder import Vocoder
 from diffwave.model import DiffWave
-from diffwave.training.checkpoint import export_safetensors, load_checkpoint, load_safetensors
 from tests.audio_fixtures import harmonic_tone
 
 # The reference's params.py defaults, with a small network (sizes that its code would build just the same).

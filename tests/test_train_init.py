@@ -8,10 +8,9 @@ import sys
 import pytest
 import torch
 
+from diffwave.checkpoints import export_safetensors, load_checkpoint, load_model
 from diffwave.config import load_config
 from diffwave.errors import CheckpointError
-from diffwave.inference.loading import load_model
-from diffwave.training.checkpoint import export_safetensors, load_checkpoint
 from diffwave.training.distributed import init_distributed
 from diffwave.training.run import train
 from diffwave.training.trainer import Trainer

@@ -9,9 +9,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from diffwave.checkpoints import latest_checkpoint, load_checkpoint, load_model_weights
 from diffwave.config import load_config
 from diffwave.errors import CheckpointError, TrainingError
-from diffwave.training.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights
 from diffwave.training.distributed import DistributedContext, ResumableSampler, init_distributed
 from diffwave.training.run import train
 from diffwave.training.trainer import Trainer, prepare_run_dir

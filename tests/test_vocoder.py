@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from diffwave.audio import num_frames
+from diffwave.checkpoints import FORMAT_VERSION, export_safetensors, load_checkpoint
 from diffwave.config import config_to_dict, load_config
 from diffwave.diffusion import ddim, fast_schedule, sample
 from diffwave.errors import CheckpointError, DiffwaveError, VocodeError
 from diffwave.inference import Vocoder
 from diffwave.inference.chunking import PositionalNoise
 from diffwave.model import DiffWave
-from diffwave.training.checkpoint import FORMAT_VERSION, export_safetensors, load_checkpoint
 from diffwave.training.run import train
 from tests.audio_fixtures import harmonic_tone
 

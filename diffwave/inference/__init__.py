@@ -2,7 +2,6 @@
 denoising (`denoise`); their functions are exported from the top-level package, which keeps the submodule
 names free here."""
 
-from diffwave.inference.loading import load_unconditional
 from diffwave.inference.vocoder import Vocoder
 
-__all__ = ["Vocoder", "load_unconditional"]
+__all__ = ["Vocoder"]

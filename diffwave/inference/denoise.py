@@ -29,13 +29,13 @@ import torchaudio.functional as AF
 from torch import Tensor
 
 from diffwave.audio import as_mono
+from diffwave.checkpoints import load_unconditional
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, sample
 from diffwave.diffusion.reverse_plans import full_chain, starting_at
 from diffwave.diffusion.sampling import EpsFn, NoiseFn
 from diffwave.errors import DiffwaveError
 from diffwave.inference.chunking import OVERLAP_SECONDS, ChunkLayout, PositionalNoise, draw_seed, overlap_add
-from diffwave.inference.loading import load_unconditional
 from diffwave.inference.precision import autocast, resolve_dtype
 from diffwave.model import DiffWave
 

@@ -15,7 +15,7 @@ from diffwave.diffusion.reverse_plans import plan_for
 from diffwave.diffusion.sampling import CORRECTOR_SNR
 from diffwave.errors import DiffwaveError
 from diffwave.inference.files import output_targets
-from diffwave.inference.loading import sampler_for
+from diffwave.inference.options import sampler_for
 from diffwave.inference.precision import autocast, resolve_dtype
 from diffwave.model import DiffWave
 

@@ -29,6 +29,7 @@ from torch import Tensor
 from diffwave.audio import LogMel, as_mono
 from diffwave.audio.io import is_channels_last
 from diffwave.audio.prior import EnergyPrior
+from diffwave.checkpoints import load_model
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, ReversePlan
 from diffwave.diffusion.reverse_plans import plan_for
@@ -43,7 +44,7 @@ from diffwave.inference.chunking import (
     overlap_add,
     utterance_seed,
 )
-from diffwave.inference.loading import load_model, sampler_for
+from diffwave.inference.options import sampler_for
 from diffwave.inference.precision import autocast, resolve_dtype
 from diffwave.model import DiffWave
 

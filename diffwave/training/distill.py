@@ -17,13 +17,12 @@ from typing import Any
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
+from diffwave.checkpoints import check_compatible, load_model
 from diffwave.config import Config, config_to_dict, with_overrides
 from diffwave.diffusion.consistency import distillation_loss
 from diffwave.diffusion.reverse_plans import CONSISTENCY_DEFAULT_STEPS, ReversePlan, consistency
 from diffwave.errors import CheckpointError, TrainingError
-from diffwave.inference.loading import load_model
 from diffwave.model import DiffWave
-from diffwave.training.checkpoint import check_compatible
 from diffwave.training.distributed import DistributedContext
 from diffwave.training.run import train
 from diffwave.training.trainer import NetworkCall, Trainer, TrainResult, network_call

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch.distributed as dist
 
+from diffwave.checkpoints import latest_checkpoint
 from diffwave.config import Config
-from diffwave.training.checkpoint import latest_checkpoint
 from diffwave.training.distributed import init_distributed, teardown_distributed
 from diffwave.training.trainer import Trainer, TrainResult, prepare_run_dir
 

@@ -30,22 +30,22 @@ from torch.utils.data import DataLoader
 
 from diffwave.audio import LogMel
 from diffwave.audio.prior import EnergyPrior, with_corpus_statistics
-from diffwave.config import Config, config_to_dict
-from diffwave.data.dataset import crops_for_training, crops_for_validation
-from diffwave.diffusion import NoiseSchedule, ReversePlan, epsilon_loss, fast_schedule, sample
-from diffwave.errors import DataError, TrainingError
-from diffwave.inference.loading import load_model
-from diffwave.model import DiffWave
-from diffwave.training.checkpoint import (
+from diffwave.checkpoints import (
     CHECKPOINT_DIR,
     FORMAT_VERSION,
     capture_rng_state,
     check_compatible,
     latest_checkpoint,
     load_checkpoint,
+    load_model,
     restore_rng_state,
     save_checkpoint,
 )
+from diffwave.config import Config, config_to_dict
+from diffwave.data.dataset import crops_for_training, crops_for_validation
+from diffwave.diffusion import NoiseSchedule, ReversePlan, epsilon_loss, fast_schedule, sample
+from diffwave.errors import DataError, TrainingError
+from diffwave.model import DiffWave
 from diffwave.training.distributed import DistributedContext, ResumableSampler, all_reduce_sum
 from diffwave.training.monitor import Monitor, loss_by_step_buckets
 from diffwave.training.preemption import StopRequest, ignore_stop_signals, stop_on_signals

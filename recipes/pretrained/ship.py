@@ -34,12 +34,12 @@ from safetensors import safe_open  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from diffwave import cli, pretrained  # noqa: E402
+from diffwave.checkpoints import latest_checkpoint, load_safetensors  # noqa: E402
 from diffwave.config import config_from_dict, config_to_yaml  # noqa: E402
 from diffwave.errors import DiffwaveError  # noqa: E402
 from diffwave.fileio import atomic_write  # noqa: E402
 from diffwave.inference.vocoder import Vocoder  # noqa: E402
 from diffwave.pretrained import PretrainedModel, heldout  # noqa: E402
-from diffwave.training.checkpoint import latest_checkpoint, load_safetensors  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

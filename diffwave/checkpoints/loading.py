@@ -1,37 +1,41 @@
-"""Checkpoint (ours or the reference's) or exported .safetensors -> (DiffWave with its weights, its Config)."""
+"""Checkpoint (ours or the reference's) or exported .safetensors -> (DiffWave with its weights, its Config).
+
+After this module nothing downstream knows where a model came from (ours, the reference's, a shipped one)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from diffwave.checkpoints import reference
+from diffwave.checkpoints.safe_load import ZIP_MAGIC, read_head
+from diffwave.checkpoints.safetensors_file import load_safetensors
+from diffwave.checkpoints.store import model_state
 from diffwave.config import Config, config_from_dict
-from diffwave.errors import CheckpointError, DiffwaveError
+from diffwave.errors import CheckpointError
 from diffwave.model import DiffWave
-from diffwave.training.checkpoint import load_model_weights
 
 
-def sampler_for(config: Config, sampler: str | None, error: type[DiffwaveError] = DiffwaveError,
-                corrector_steps: int = 0) -> str:
-    """The sampler to run (None: "consistency" for a distilled student, else "fast"), refused when it does not
-    fit the model: a consistency student's output is an x_0 map, not a noise estimate, and vice versa. For the
-    same reason a student takes no Langevin corrector, whose score is a noise estimate's."""
-    student = config.distill.student
-    if student and corrector_steps:
-        raise error("a consistency student takes no corrector steps: the Langevin corrector needs a noise estimate "
-                    "(a score), and a student's output is an x_0 map")
-    if sampler is None:
-        return "consistency" if student else "fast"
-    if student and sampler != "consistency":
-        raise error(f"this checkpoint is a consistency student (diffwave distill): it samples with the consistency "
-                    f"sampler (--sampler consistency --steps 1 or 2), not '{sampler}'")
-    if sampler == "consistency" and not student:
-        raise error("the consistency sampler needs a student made by `diffwave distill`; this checkpoint is a "
-                    "diffusion model: use the fast, ddim or ddpm sampler")
-    return sampler
+def load_model_weights(path: str | os.PathLike[str],
+                       use_ema: bool = True) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(weights, config dict) for inference from a training checkpoint (its EMA weights, or the raw ones with
+    use_ema=False), a reference (lmnt-com/diffwave) checkpoint or model folder, or a .safetensors.
+
+    A `.safetensors` name always goes to `load_safetensors`, which names a torch checkpoint under that name
+    as "not a safetensors file" (torch itself would misread it as safetensors: "header too large"); other
+    names holding a JSON header after the 8-byte prefix are safetensors too; the rest is read as a torch
+    file, which is refused with the reason when it cannot be loaded.
+    """
+    path = reference.model_file(Path(path))
+    head = read_head(path, 9)
+    if path.suffix == ".safetensors" or (not head.startswith(ZIP_MAGIC) and head[8:9] == b"{"):
+        return load_safetensors(path)
+    weights, config, _ = model_state(path, use_ema)
+    return weights, config
 
 
 def weights_misfit(model: DiffWave, weights: dict[str, Tensor]) -> str | None:

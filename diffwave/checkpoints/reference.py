@@ -6,7 +6,7 @@ are the reference's, so the weights load as they are; what needs converting is t
 `Config` with the `lmnt` front end (its preprocess), its sizes, its training betas and its fast schedule. After
 `convert` nothing downstream knows where a model came from.
 
-The file is read by `checkpoint.read_torch_file` (weights_only, no fallback) like ours; this module only
+The file is read by `safe_load.read_torch_file` (weights_only, no fallback) like ours; this module only
 looks at what that returns, so it never unpickles anything itself.
 """
 

@@ -1,0 +1,85 @@
+"""Exported weights as safetensors: no pickle at all, so the format to share; the config and step are metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from diffwave.checkpoints import reference
+from diffwave.checkpoints.safe_load import read_head, reason
+from diffwave.checkpoints.store import FORMAT_VERSION, model_state
+from diffwave.errors import CheckpointError
+from diffwave.fileio import atomic_write
+
+MAX_SAFETENSORS_HEADER = 100_000_000  # bytes; a larger length prefix is damage or an attack, not a header
+
+
+def export_safetensors(checkpoint_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
+                       use_ema: bool = True) -> Path:
+    """Write a checkpoint's EMA (or raw) weights as safetensors, with its config and step as metadata; a
+    reference (lmnt-com/diffwave) checkpoint or model folder gives its only weights and converted config.
+
+    The result holds no pickle at all, so it is the format to share; `load_model_weights` reads it.
+    """
+    path, out = Path(checkpoint_path), Path(out_path)
+    weights, config, step = model_state(reference.model_file(path), use_ema)
+    if not out.parent.is_dir():
+        raise CheckpointError(f"{out}: the output folder {out.parent} does not exist")
+    metadata = {"format": "diffwave", "format_version": str(FORMAT_VERSION), "config": json.dumps(config),
+                "step": str(step)}
+    # safetensors refuses tensors that share storage or are not contiguous: give it private copies.
+    tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in weights.items()}
+    with atomic_write(out) as temp:
+        save_file(tensors, str(temp), metadata=metadata)
+    return out
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(weights, config dict) of a file written by `export_safetensors`; damage is a one-line CheckpointError.
+
+    The 8-byte length prefix is checked first, so a torch file given by mistake is named as such (rather
+    than "header too large") and a hostile length never reaches the parser.
+    """
+    path = Path(path)
+    head = read_head(path, 8)
+    if not head:
+        raise CheckpointError(f"{path}: safetensors file is empty (0 bytes)")
+    size = path.stat().st_size
+    length = int.from_bytes(head, "little") if len(head) == 8 else None
+    if length is None or length > MAX_SAFETENSORS_HEADER or length > size - 8:
+        if head.startswith((b"PK", b"\x80")):
+            raise CheckpointError(f"{path}: not a safetensors file (looks like a torch checkpoint: load it as a .pt)")
+        found = ("shorter than the 8-byte header length" if length is None
+                 else f"its header length prefix says {length} bytes, the file has {size}")
+        raise CheckpointError(f"{path}: not a safetensors file ({found})")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            metadata = file.metadata() or {}
+            config = _safetensors_config(metadata, path)
+            weights = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: corrupt safetensors file ({reason(error)})") from None
+    return weights, config
+
+
+def _safetensors_config(metadata: dict[str, str], path: Path) -> dict[str, Any]:
+    if metadata.get("format") != "diffwave" or "config" not in metadata:
+        raise CheckpointError(f"{path}: safetensors file without diffwave metadata (export it with "
+                              "`diffwave export`)")
+    version = metadata.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise CheckpointError(f"{path}: safetensors format v{version} is not supported "
+                              f"(this diffwave reads v{FORMAT_VERSION})")
+    try:
+        config = json.loads(metadata["config"])
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: its config metadata is not valid JSON ({reason(error)})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its config metadata is not a mapping of sections")
+    return config
