@@ -6,7 +6,6 @@ those of a real network: a zero-output untrained model would make batch and chun
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from pathlib import Path
@@ -18,12 +17,12 @@ import torch
 from diffwave.audio import num_frames
 from diffwave.checkpoints import FORMAT_VERSION, export_safetensors, load_checkpoint
 from diffwave.config import config_to_dict, load_config
-from diffwave.diffusion import ddim, fast_schedule, sample
 from diffwave.errors import CheckpointError, DiffwaveError, VocodeError
 from diffwave.inference import Vocoder
 from diffwave.inference.chunking import PositionalNoise
 from diffwave.model import DiffWave
 from diffwave.training.run import train
+from tests.analytic import GaussianNetwork, run_chain
 from tests.audio_fixtures import harmonic_tone
 
 RATE = 8000  # the tiny preset's sample rate
@@ -124,20 +123,38 @@ def test_utterance_in_a_batch_sounds_as_it_does_alone(vocoder: Vocoder, chunk_se
     assert (together[1] - together[0][:37 * 64]).abs().max() > 1e-2  # different mels, different audio
 
 
-def test_reverse_loop_matches_the_diffusion_sampler(vocoder: Vocoder) -> None:
-    """The vocoder updates x in place with coefficients read off the sampler's formulas: check them."""
-    mel = tone_mel(vocoder, 0.3)
-    frames = mel.shape[-1]
-    length = frames * vocoder.hop_length
-    for plan in (ddim(vocoder.schedule, 12), fast_schedule(vocoder.schedule, "base")):
-        plan = dataclasses.replace(plan, sigmas=torch.zeros_like(plan.sigmas))  # no fresh noise: comparable
-        with torch.inference_mode():
-            mine = vocoder._reverse_chain(plan, [mel], [PositionalNoise(9)], [(0, frames)])
-            x_T = PositionalNoise(9).fill(torch.empty(length), len(plan), 0).unsqueeze(0)
-            cond = vocoder.model.condition(mel.unsqueeze(0))
-            reference = sample(plan, lambda x, t, cond=cond: vocoder.model(x, t, cond), (1, length), x_T=x_T)
-        assert reference.abs().max() > 0.1
-        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=0)
+def positional_draws(seed: int, length: int):
+    """Draw i of PositionalNoise(seed) over samples [0, length): the noise the chain is fed, as a function."""
+    return lambda i: PositionalNoise(seed).fill(torch.empty(length), i, 0).double()
+
+
+@pytest.mark.parametrize("sampler", ["fast", "ddim"])
+def test_reverse_chain_lands_where_the_step_formulas_put_it(sampler: str) -> None:
+    """With a perfect network for Gaussian data whose mean comes from the conditioning (tests.analytic), every
+    step is affine: the vocoder's chain (x_T, each step's coefficients, positional noise, conditioning) must
+    equal the papers' step formulas applied to the same draws, to fp32 rounding."""
+    config = load_config("tiny")
+    torch.manual_seed(0)
+    model = GaussianNetwork(config, std=0.2)
+    vocoder = Vocoder(model, config, device="cpu")
+    tone = harmonic_tone(RATE, 0.3, f0=180.0)
+    tone[len(tone) // 2:] *= 0.05  # a loud half and a quiet half: the conditioning, so the mean, varies
+    mel = vocoder.mel(tone, RATE)
+    frames, length = mel.shape[-1], mel.shape[-1] * vocoder.hop_length
+    plan = vocoder.plan(sampler)
+    assert (plan.sigmas > 0).any() == (sampler == "fast")
+    with torch.inference_mode():
+        mine = vocoder._reverse_chain(plan, [mel], [PositionalNoise(9)], [(0, frames)])[0].double()
+        mean = model.mean_of(model.condition(mel.unsqueeze(0)))[0]
+    draws = positional_draws(9, length)
+    expected = run_chain(plan, draws(len(plan)), draws, 0.2, mean)
+    assert mine.abs().max() > 0.1 and mean.std() > 0.02
+    torch.testing.assert_close(mine, expected, atol=1e-5, rtol=0)
+    # Controls: the check sees the conditioning (the mean), and, where steps are noisy, which draw each takes.
+    assert (run_chain(plan, draws(len(plan)), draws, 0.2) - mine).abs().max() > 1e-2
+    if sampler == "fast":
+        shifted = run_chain(plan, draws(len(plan)), lambda i: draws(i + 1), 0.2, mean)
+        assert (shifted - mine).abs().max() > 1e-2
 
 
 def test_bf16_vocoding_keeps_25_db_of_the_fp32_audio(vocoder: Vocoder) -> None:
