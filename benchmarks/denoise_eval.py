@@ -24,8 +24,8 @@ import torch
 from diffwave import denoise, load_unconditional
 from diffwave.audio import read_audio
 from diffwave.data.corpus import AUDIO_SUFFIXES
+from diffwave.evaluation.metrics import pesq_score, si_sdr, stoi_score
 from diffwave.inference.files import find_inputs
-from diffwave.metrics import pesq_score, si_sdr, stoi_score
 
 
 def coloured_noise(length: int, colour: str, rng: np.random.Generator) -> np.ndarray:

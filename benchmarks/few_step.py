@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from diffwave.evaluation import heldout
 from diffwave.inference.vocoder import Vocoder
-from diffwave.pretrained import heldout
 
 CLIPS = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "clips"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from inference_speed import snr_db  # this folder's speed benchmark: one definition of the fidelity figure
 
+from diffwave.evaluation import heldout
 from diffwave.inference.vocoder import Vocoder
-from diffwave.pretrained import heldout
 
 CLIPS = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "clips"
 SNR_TARGET_DB = 25.0

@@ -210,7 +210,7 @@ def _denoise_command(args: argparse.Namespace) -> int | None:
 
 
 def _evaluate_command(args: argparse.Namespace) -> None:
-    from diffwave.evaluation import evaluate_vocoded, write_evaluation
+    from diffwave.evaluation.folders import evaluate_vocoded, write_evaluation
 
     evaluation = evaluate_vocoded(args.features, args.generated, args.split)
     if args.output:

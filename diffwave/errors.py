@@ -43,3 +43,7 @@ class CheckpointError(DiffwaveError):
 
 class VocodeError(DiffwaveError):
     """An input the vocoder cannot use: wrong mel shape or range, unconditional checkpoint, ..."""
+
+
+class MissingExtraError(DiffwaveError, ImportError):
+    """An optional package that a metric needs is not installed (the CLI prints the install hint)."""

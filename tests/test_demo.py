@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from diffwave.config import AudioConfig
-from diffwave.pretrained import heldout
+from diffwave.evaluation import heldout
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = REPO / "recipes" / "demo" / "clips"

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from diffwave.data.manifest import read_manifest
-from diffwave.evaluation import evaluate_vocoded, write_evaluation
+from diffwave.evaluation.folders import evaluate_vocoded, write_evaluation
 from tests.conftest import make_tone_corpus
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from diffwave.config import AudioConfig
-from diffwave.metrics import (
+from diffwave.errors import MissingExtraError
+from diffwave.evaluation.metrics import (
     EVAL_EXTRA_HINT,
-    MissingExtraError,
     log_mel_distance,
     multi_resolution_stft_distance,
     pesq_score,

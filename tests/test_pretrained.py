@@ -14,8 +14,8 @@ import torch
 
 from diffwave import pretrained
 from diffwave.errors import CheckpointError
+from diffwave.evaluation import heldout
 from diffwave.inference.vocoder import Vocoder
-from diffwave.pretrained import heldout
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "recipes" / "demo" / "clips" / "LJ001-0002.flac"

@@ -6,7 +6,7 @@ Usage (from the repository root):
 For each bundled clip (recipes/demo/clips: LJSpeech LJ001-0001..0004, never seen in training; see CREDITS.md)
 it takes the model's mel of the recording, vocodes it with DiffWave (6 fast steps) and with Griffin-Lim
 (100 iterations), and writes OUT/<clip>/{reference,diffwave,griffin_lim}.wav and OUT/<clip>/mels.png, then
-OUT/index.html (players, mel images, the metrics table of `diffwave.pretrained.heldout`) and OUT/metrics.md.
+OUT/index.html (players, mel images, the metrics table of `diffwave.evaluation.heldout`) and OUT/metrics.md.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from diffwave import pretrained  # noqa: E402
 from diffwave.audio import LogMel, write_audio  # noqa: E402
 from diffwave.config import AudioConfig  # noqa: E402
 from diffwave.errors import DiffwaveError  # noqa: E402
+from diffwave.evaluation import heldout  # noqa: E402
 from diffwave.fileio import atomic_write  # noqa: E402
 from diffwave.inference.vocoder import Vocoder  # noqa: E402
-from diffwave.pretrained import heldout  # noqa: E402
 
 CLIPS = Path(__file__).resolve().parent / "clips"
 PLAYERS = {"reference": "reference (recording)", **heldout.SYSTEMS}

@@ -6,7 +6,7 @@ Usage (from the repository root; recipes/pretrained/ship.sh runs this with the p
 WORK is the folder of recipes/pretrained/train_voice.sh. CHECKPOINT defaults to the newest checkpoint of
 --run-dir (its `latest` pointer). The EMA weights are
 exported with `diffwave export` into a work folder, checked against the size limit, scored on the bundled
-held-out clips (recipes/demo/clips) against Griffin-Lim of the same mels (`diffwave.pretrained.heldout`), and
+held-out clips (recipes/demo/clips) against Griffin-Lim of the same mels (`diffwave.evaluation.heldout`), and
 only then copied into diffwave/pretrained/ with the model card, the quality curve and the manifest entry. The
 training budget comes from the run's TensorBoard logs: wall time is the sum of the logged intervals
 (train.log_every steps over train/steps_per_sec) up to the checkpoint's step, and CPU-hours are that times
@@ -37,9 +37,10 @@ from diffwave import cli, pretrained  # noqa: E402
 from diffwave.checkpoints import latest_checkpoint, load_safetensors  # noqa: E402
 from diffwave.config import config_from_dict, config_to_yaml  # noqa: E402
 from diffwave.errors import DiffwaveError  # noqa: E402
+from diffwave.evaluation import heldout  # noqa: E402
 from diffwave.fileio import atomic_write  # noqa: E402
 from diffwave.inference.vocoder import Vocoder  # noqa: E402
-from diffwave.pretrained import PretrainedModel, heldout  # noqa: E402
+from diffwave.pretrained import PretrainedModel  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from diffwave.audio.mel import LogMel
 from diffwave.config import AudioConfig
-from diffwave.errors import DiffwaveError
+from diffwave.errors import MissingExtraError
 
 # SI-SDR's error energy is floored at this fraction of the estimate's energy, so an exact (scaled) copy
 # scores a finite 120 dB rather than dividing by zero.
@@ -33,10 +33,6 @@ DEFAULT_RESOLUTIONS: tuple[tuple[int, int, int], ...] = ((512, 128, 512), (1024,
                                                          (2048, 512, 2048))
 PESQ_SAMPLE_RATE = 16000  # wideband PESQ (ITU-T P.862.2) is defined at 16 kHz only
 EVAL_EXTRA_HINT = "install the eval extra: pip install 'diffwave-toolkit[eval]'"
-
-
-class MissingExtraError(DiffwaveError, ImportError):
-    """An optional package that a metric needs is not installed (the CLI prints the install hint)."""
 
 
 def _check_signal(name: str, signal: Tensor) -> None:

@@ -14,8 +14,8 @@ from diffwave.audio import read_audio
 from diffwave.config import AudioConfig
 from diffwave.data.manifest import read_audio_config, read_manifest
 from diffwave.errors import DataError
+from diffwave.evaluation.metrics import log_mel_distance, multi_resolution_stft_distance, si_sdr
 from diffwave.fileio import atomic_write
-from diffwave.metrics import log_mel_distance, multi_resolution_stft_distance, si_sdr
 
 METRICS = ("log_mel_l1", "mr_stft", "si_sdr_db")
 MIN_STFT_SAMPLES = 2048  # the largest window of the default multi-resolution STFT distance

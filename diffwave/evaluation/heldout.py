@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,14 +22,31 @@ from torch import Tensor
 
 from diffwave.audio import read_audio
 from diffwave.audio.griffin_lim import GRIFFIN_LIM_ITERATIONS, griffin_lim
+from diffwave.config import Config
+from diffwave.diffusion import ReversePlan
 from diffwave.errors import DataError
-from diffwave.inference.vocoder import Vocoder
-from diffwave.metrics import log_mel_distance, multi_resolution_stft_distance, pesq_score, stoi_score
+from diffwave.evaluation.metrics import log_mel_distance, multi_resolution_stft_distance, pesq_score, stoi_score
 
 SYSTEMS = {"diffwave": "DiffWave", "griffin_lim": "Griffin-Lim"}
 METRICS = {"log_mel_l1": "log-mel L1 (lower)", "mr_stft": "MR-STFT (lower)", "pesq_wb": "PESQ wb (higher)",
            "stoi": "STOI (higher)", "rtf": "RTF (lower)"}
 CLIP_SUFFIXES = (".flac", ".wav")
+
+
+class VocoderLike(Protocol):
+    """What the comparison uses of a vocoder (`inference.Vocoder` is one); evaluation never imports inference."""
+
+    config: Config
+    sample_rate: int
+    device: torch.device
+
+    def mel(self, audio: Tensor, sample_rate: int) -> Tensor: ...
+
+    def vocode(self, mel: Tensor, sampler: str | None = None, steps: int | None = None, *,
+               generator: torch.Generator | None = None) -> Tensor | list[Tensor]: ...
+
+    def plan(self, sampler: str | None = None, steps: int | None = None,
+             schedule: str | Sequence[float] | None = None) -> ReversePlan: ...
 
 
 @dataclass
@@ -54,7 +73,7 @@ def read_clips(folder: str | os.PathLike[str], sample_rate: int, crop_seconds: f
     return clips
 
 
-def compare(vocoder: Vocoder, clips: dict[str, Tensor], sampler: str | None = None, seed: int = 0,
+def compare(vocoder: VocoderLike, clips: dict[str, Tensor], sampler: str | None = None, seed: int = 0,
             steps: int | None = None, with_griffin_lim: bool = True) -> list[ClipResult]:
     """Vocode each clip's mel with `vocoder` (its sampler options as in `Vocoder.vocode`) and, unless a caller
     comparing several samplers has it already, with Griffin-Lim, and score them against the clip."""
@@ -105,7 +124,7 @@ def markdown_table(results: list[ClipResult]) -> str:
     return "\n".join(lines)
 
 
-def describe_setup(vocoder: Vocoder, clips: dict[str, Tensor], sampler: str | None = None,
+def describe_setup(vocoder: VocoderLike, clips: dict[str, Tensor], sampler: str | None = None,
                    steps: int | None = None) -> str:
     """One sentence saying what the table measured (clips, steps, threads), for the card and the page."""
     seconds = sum(clip.numel() for clip in clips.values()) / vocoder.sample_rate
