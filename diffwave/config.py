@@ -18,16 +18,14 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from diffwave.diffusion.losses import LOSS_KINDS
+from diffwave.diffusion.reverse_plans import FAST_SCHEDULES
 from diffwave.errors import ConfigError
 
 MEL_PRESETS = ("hifigan", "lmnt")
 SCHEDULES = ("linear", "cosine")
-LOSSES = ("l2", "l1")
 PRIORS = ("standard", "priorgrad")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-BASE_FAST_SCHEDULE = [1e-4, 1e-3, 1e-2, 5e-2, 0.2, 0.5]
-LARGE_FAST_SCHEDULE = [1e-4, 1e-3, 1e-2, 5e-2, 0.2, 0.7]
 
 
 def _check_choice(section: str, key: str, value: str, choices: Sequence[str]) -> None:
@@ -93,7 +91,7 @@ class DiffusionConfig:
     num_steps: int = 50
     beta_start: float = 1e-4
     beta_end: float = 0.05
-    fast_schedule: list[float] = field(default_factory=lambda: list(BASE_FAST_SCHEDULE))
+    fast_schedule: list[float] = field(default_factory=lambda: list(FAST_SCHEDULES["base"]))
     loss: str = "l2"
     prior: str = "standard"
     prior_floor: float = 0.1  # PriorGrad's smallest standard deviation
@@ -102,7 +100,7 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         _check_choice("diffusion", "schedule", self.schedule, SCHEDULES)
-        _check_choice("diffusion", "loss", self.loss, LOSSES)
+        _check_choice("diffusion", "loss", self.loss, LOSS_KINDS)
         _check_choice("diffusion", "prior", self.prior, PRIORS)
         if not 0 < self.prior_floor <= 1:
             raise ConfigError(f"diffusion.prior_floor must lie in (0, 1], got {self.prior_floor}")
@@ -239,7 +237,7 @@ def _large() -> Config:
     return Config(
         name="large",
         model=ModelConfig(residual_channels=128),
-        diffusion=DiffusionConfig(num_steps=200, beta_end=0.02, fast_schedule=list(LARGE_FAST_SCHEDULE)),
+        diffusion=DiffusionConfig(num_steps=200, beta_end=0.02, fast_schedule=list(FAST_SCHEDULES["large"])),
     )
 
 
@@ -255,7 +253,7 @@ def _unconditional() -> Config:
         name="unconditional",
         audio=AudioConfig(sample_rate=16000),
         model=ModelConfig(conditional=False, residual_channels=256, residual_layers=36, dilation_cycle=12),
-        diffusion=DiffusionConfig(num_steps=200, beta_end=0.02, fast_schedule=list(LARGE_FAST_SCHEDULE)),
+        diffusion=DiffusionConfig(num_steps=200, beta_end=0.02, fast_schedule=list(FAST_SCHEDULES["large"])),
         data=DataConfig(crop_samples=16000),
     )
 

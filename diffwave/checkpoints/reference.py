@@ -21,7 +21,8 @@ from typing import Any
 
 from torch import Tensor
 
-from diffwave.config import BASE_FAST_SCHEDULE, PRESETS, Config, config_to_dict
+from diffwave.config import PRESETS, Config, config_to_dict
+from diffwave.diffusion.reverse_plans import FAST_SCHEDULES
 from diffwave.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger("diffwave.checkpoint")
@@ -32,7 +33,7 @@ WINDOW_HOPS = 4
 _SIZES = ("residual_layers", "residual_channels", "dilation_cycle_length", "n_mels", "hop_samples", "sample_rate",
           "n_fft")
 # Keys that the reference added after its first release, with the values its code used before them.
-_LATER_KEYS = {"unconditional": False, "inference_noise_schedule": BASE_FAST_SCHEDULE}
+_LATER_KEYS = {"unconditional": False, "inference_noise_schedule": list(FAST_SCHEDULES["base"])}
 _EMBEDDING = "diffusion_embedding.embedding"  # a derived table: ours rebuilds it and keeps it out of state dicts
 _LINEAR_TOLERANCE = 1e-9  # relative: float64 linspace values agree to ~1e-16, anything else is another schedule
 
