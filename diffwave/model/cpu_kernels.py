@@ -18,13 +18,10 @@ fp32. bf16 pays only on CPUs with bf16 matrix units (AMX, AVX512-BF16); elsewher
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-
-if TYPE_CHECKING:
-    from diffwave.model.diffwave import DiffWave
 
 INFERENCE_TILE = 4096  # samples per tile
 
@@ -155,13 +152,12 @@ def time_major_conditioning(upsampled: Tensor, projections: list[nn.Conv1d], gem
     return out
 
 
-def tiled_layers(model: DiffWave, h: Tensor, steps: Tensor, cond: Tensor | None, mask: Tensor | None,
+def tiled_layers(layers: nn.ModuleList, h: Tensor, steps: Tensor, cond: Tensor | None, mask: Tensor | None,
                  gemm_dtype: torch.dtype) -> Tensor:
-    """The residual stack of `model` on h [B, C, N] (fp32) tile by tile; the sum of the skips [B, C, N] (fp32).
+    """The residual stack `layers` on h [B, C, N] (fp32) tile by tile; the sum of the skips [B, C, N] (fp32).
 
     `steps` [B, L, C] are the layers' step projections. Rows of a batch run one after the other.
     """
-    layers = model.residual_layers
     with torch.autocast("cpu", enabled=False):
         weights = [tile_weights(layer.dilated_conv, layer.output_projection, gemm_dtype) for layer in layers]
         skip_sum = torch.empty_like(h.transpose(1, 2))

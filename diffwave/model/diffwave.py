@@ -261,8 +261,8 @@ class DiffWave(nn.Module):
         gemm_dtype = tile_gemm_dtype(x)
         if gemm_dtype is not None:  # CPU inference: model/cpu_kernels.py
             steps = torch.stack([layer.diffusion_projection(step_embedding) for layer in self.residual_layers], 1)
-            skip_sum = tiled_layers(self, h.float(), steps.float(), cond if mel is None else self.condition(mel),
-                                    mask, gemm_dtype)
+            skip_sum = tiled_layers(self.residual_layers, h.float(), steps.float(),
+                                    cond if mel is None else self.condition(mel), mask, gemm_dtype)
         else:
             skip_sum = None
             outside = None if mask is None else ~mask.unsqueeze(1)
