@@ -1,5 +1,6 @@
 """Few-step sampling on held-out speech: a consistency student (diffwave distill) at 1 and 2 steps against its
-teacher at the fast schedule and at 1- and 2-step DDIM, with Griffin-Lim of the same mels as the floor.
+teacher at the fast schedule and at 1- and 2-step DDIM, and the teacher's own weights under the 2-step consistency
+sampler (what distillation starts from), with Griffin-Lim of the same mels as the floor.
 
     python benchmarks/few_step.py --teacher TEACHER --student STUDENT [--clips recipes/demo/clips]
 
@@ -18,8 +19,10 @@ import torch
 
 from diffwave.evaluation import heldout
 from diffwave.inference.vocoder import Vocoder
+from diffwave.training.distill import student_config
 
 CLIPS = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "clips"
+UNDISTILLED = "teacher weights, consistency sampler, 2 steps (no distillation)"
 
 
 def main() -> None:
@@ -32,10 +35,14 @@ def main() -> None:
     args = parser.parse_args()
     teacher = Vocoder.from_checkpoint(args.teacher, device="cpu", dtype="fp32")
     student = Vocoder.from_checkpoint(args.student, device="cpu", dtype="fp32")
+    # The student before any distillation step: the teacher's weights read as a consistency function (the
+    # config `diffwave distill` gives its student), which is where distillation starts.
+    undistilled = Vocoder(teacher.model, student_config(teacher.config, args.teacher, []), device="cpu", dtype="fp32")
     clips = heldout.read_clips(args.clips, teacher.sample_rate, args.seconds)
     systems = [("teacher, fast schedule", teacher, "fast", None), ("teacher, DDIM 1 step", teacher, "ddim", 1),
                ("teacher, DDIM 2 steps", teacher, "ddim", 2), ("student, 1 step", student, "consistency", 1),
-               ("student, 2 steps", student, "consistency", 2)]
+               ("student, 2 steps", student, "consistency", 2),
+               (UNDISTILLED, undistilled, "consistency", 2)]
     rows = {}
     for label, vocoder, sampler, steps in systems:
         first = not rows  # Griffin-Lim inverts the same mels whatever the sampler: score it once
