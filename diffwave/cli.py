@@ -51,7 +51,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="stop at this step (same as train.max_steps=N)")
     parser.add_argument("--resume", action="store_true", help="require a checkpoint in --out to resume from")
     parser.add_argument("--overwrite", action="store_true", help="delete what --out holds and start over")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _add_device_argument(parser)
 
 
 def _run_overrides(args: argparse.Namespace) -> list[str]:
@@ -103,7 +103,19 @@ _VOCODE_DESCRIPTION = ("Vocode mel spectrograms (.npy or .pt, [n_mels, frames]; 
                        "with a trained checkpoint.")
 
 
-def _add_corrector_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampling options of vocode and generate: sampler, its steps or schedule, and the corrector."""
+    parser.add_argument("--sampler", choices=SAMPLERS,
+                        help="fast: DiffWave's short schedule (the default for diffusion models); ddim: --steps "
+                             "deterministic steps; ddpm: the full chain; consistency: --steps (1 or 2, default 2) "
+                             "student evaluations (the default, and the only sampler, for `diffwave distill` "
+                             "students)")
+    parser.add_argument("--steps", type=int, help="DDIM or consistency steps")
+    parser.add_argument("--schedule", help="fast schedule: a preset (base, large) or comma-separated betas")
     parser.add_argument("--corrector-steps", type=int, default=0,
                         help="predictor-corrector sampling: Langevin steps at each noisy state the sampler lands "
                              "on, one more network pass each (default: 0, none)")
@@ -117,15 +129,8 @@ def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help=f"{_CHECKPOINT_HELP} (default: the pretrained model shipped with the "
                                              "package; `diffwave pretrained` lists them)")
     parser.add_argument("-o", "--out", required=True, help=_OUT_HELP)
-    parser.add_argument("--sampler", choices=SAMPLERS,
-                        help="fast: DiffWave's short schedule (the default for diffusion models); ddim: --steps "
-                             "deterministic steps; ddpm: the full chain; consistency: --steps (1 or 2, default 2) "
-                             "student evaluations (the default, and the only sampler, for `diffwave distill` "
-                             "students)")
-    parser.add_argument("--steps", type=int, help="DDIM or consistency steps")
-    parser.add_argument("--schedule", help="fast schedule: a preset (base, large) or comma-separated betas")
-    _add_corrector_arguments(parser)
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _add_sampling_arguments(parser)
+    _add_device_argument(parser)
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="auto (default): bf16 on CPUs with bf16 matrix units (AMX, AVX512-BF16), else fp32; "
                              "the log says which and why. fp16 needs CUDA")
@@ -303,11 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", type=int, default=8, help="number of clips (default: 8)")
     gen.add_argument("--seconds", type=float, default=1.0, help="length of each clip (default: 1.0)")
     gen.add_argument("-o", "--out", required=True, help=_OUT_HELP)
-    gen.add_argument("--sampler", choices=SAMPLERS, help="as for vocode (default: fast; consistency for a student)")
-    gen.add_argument("--steps", type=int, help="DDIM or consistency steps")
-    gen.add_argument("--schedule", help="fast schedule: a preset (base, large) or comma-separated betas")
-    _add_corrector_arguments(gen)
-    gen.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _add_sampling_arguments(gen)
+    _add_device_argument(gen)
     gen.add_argument("--batch-size", type=int, default=8)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--force", action="store_true", help="replace existing output files")
@@ -326,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "of taking the scaled input as the state")
     den.add_argument("--target-rms", type=float, default=DEFAULT_TARGET_RMS,
                      help=f"level the input is normalised to, as the model was trained (default: {DEFAULT_TARGET_RMS})")
-    den.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _add_device_argument(den)
     den.add_argument("--seed", type=int, default=0)
     den.add_argument("--force", action="store_true", help="replace existing output files")
     den.set_defaults(handler=_denoise_command)
