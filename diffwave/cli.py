@@ -178,7 +178,7 @@ def _pretrained_command(args: argparse.Namespace) -> None:
         print(f"pretrained: no model is shipped in {pretrained.pretrained_dir()}")
     for model in models:
         size = f"{model.path.stat().st_size / 1e6:.1f} MB" if model.path.is_file() else "file missing"
-        print(f"{model.name}{' (default)' if model.default else ''}: {model.description} [{size}; card: "
+        print(f"{model.name} ({model.task}{', default' if model.default else ''}): {model.description} [{size}; card: "
               f"{model.card_path}]")
 
 
@@ -207,6 +207,13 @@ def _denoise_command(args: argparse.Namespace) -> int | None:
     from diffwave.checkpoints import load_unconditional
     from diffwave.inference.files import denoise_files
 
+    if args.checkpoint is None:
+        from diffwave import pretrained
+
+        shipped = pretrained.find(task=pretrained.DENOISER)
+        logging.getLogger("diffwave.denoise").info("no --checkpoint given: using the shipped speech prior '%s' (%s)",
+                                                   shipped.name, shipped.description)
+        args.checkpoint = pretrained.verified_path(shipped)
     model, config = load_unconditional(args.checkpoint, device=args.device, purpose="denoising")
     summary = denoise_files(model, config, args.inputs, args.out, t_start=args.t_start, sdedit=args.sdedit,
                             seed=args.seed, force=args.force, target_rms=args.target_rms)
@@ -321,13 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "length: the noisy signal enters the reverse chain of an unconditional model at the step "
                     "whose noise level matches the estimated one (or --t-start), and the chain runs to 0.")
     den.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders")
-    den.add_argument("--checkpoint", required=True, help=f"an unconditional model: {_CHECKPOINT_HELP}")
+    den.add_argument("--checkpoint", help=f"an unconditional model: {_CHECKPOINT_HELP} (default: the shipped "
+                                          "speech prior; `diffwave pretrained` lists it)")
     den.add_argument("-o", "--out", required=True, help=_OUT_HELP)
     den.add_argument("--t-start", type=int, help="0-based start step (default: chosen from the noise level)")
     den.add_argument("--sdedit", action="store_true", help="add fresh noise at the start step (SDEdit) instead "
                                                            "of taking the scaled input as the state")
-    den.add_argument("--target-rms", type=float, default=DEFAULT_TARGET_RMS,
-                     help=f"level the input is normalised to, as the model was trained (default: {DEFAULT_TARGET_RMS})")
+    den.add_argument("--target-rms", type=float,
+                     help="level the input is normalised to (default: the level the model was trained at, "
+                          f"data.target_rms, or {DEFAULT_TARGET_RMS} for a model trained without one)")
     _add_device_argument(den)
     den.add_argument("--seed", type=int, default=0)
     den.add_argument("--force", action="store_true", help="replace existing output files")

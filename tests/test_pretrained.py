@@ -141,10 +141,10 @@ def seed_range(metric: str) -> float:
 
 
 def test_unknown_names_and_an_empty_folder_are_refused_with_what_is_shipped(tmp_path, monkeypatch):
-    with pytest.raises(CheckpointError, match=rf"no pretrained model 'nope'; shipped: .*{MODELS[0].name}"):
+    with pytest.raises(CheckpointError, match=rf"no pretrained vocoder 'nope'; shipped: .*{MODELS[0].name}"):
         Vocoder.from_pretrained("nope")
     monkeypatch.setattr(pretrained, "pretrained_dir", lambda: tmp_path)
-    with pytest.raises(CheckpointError, match="no pretrained model is shipped"):
+    with pytest.raises(CheckpointError, match="no pretrained vocoder is shipped"):
         pretrained.find()
 
 
@@ -177,7 +177,7 @@ def test_cli_lists_the_shipped_models_and_vocodes_without_a_checkpoint(tmp_path)
                              timeout=120)
     default = pretrained.find()
     assert listing.returncode == 0, listing.stderr
-    assert f"{default.name} (default): {default.description}" in listing.stdout
+    assert f"{default.name} ({default.task}, default): {default.description}" in listing.stdout
 
     reference, rate = sf.read(CLIP, dtype="float32")
     sf.write(tmp_path / "short.wav", reference[:rate // 3], rate)

@@ -159,7 +159,8 @@ class _Crops(Dataset[Item], ABC):
         assert self.target_rms is not None
         if index not in self._utterance_rms:
             audio = _open(self.utterances[index].audio, "audio")
-            self._utterance_rms[index] = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0
+            power = np.mean(np.square(audio, dtype=np.float64)) if audio.size else 0.0
+            self._utterance_rms[index] = float(np.sqrt(power))
         rms = self._utterance_rms[index]
         return self.target_rms / rms * 10 ** (self._level_db(index) / 20) if rms > 0 else 1.0
 

@@ -28,9 +28,10 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch import Tensor
 
+from diffwave import pretrained
 from diffwave.audio import as_mono
 from diffwave.checkpoints import load_unconditional
-from diffwave.config import Config
+from diffwave.config import Config, trained_steps
 from diffwave.diffusion import NoiseSchedule, sample
 from diffwave.diffusion.reverse_plans import full_chain, starting_at
 from diffwave.diffusion.sampling import EpsFn, NoiseFn
@@ -41,7 +42,7 @@ from diffwave.model import DiffWave
 
 logger = logging.getLogger("diffwave.denoise")
 
-DEFAULT_TARGET_RMS = 0.1  # about -20 dBFS: the level the unconditional model is assumed trained on
+DEFAULT_TARGET_RMS = 0.1  # about -20 dBFS: the level assumed for a model trained without data.target_rms
 NOISE_PERCENTILE = 0.10
 DIGITAL_SILENCE = 1e-10  # frames below this fraction of the mean power are gated or padded zeros, not noise
 # Windows: no conditioning is cached, so they can be long; the context scales with the network's reach
@@ -51,12 +52,19 @@ DENOISE_CHUNK_SECONDS = 30.0
 CONTEXT_REACHES = 2.2
 
 
+# An input whose noise variance lies this factor below the first step's is cleaner than anything the model
+# removes (3 dB past the geometric middle of no step at all and step 0): it is returned as it is.
+ABOVE_RANGE_FACTOR = 2.0
+CLIPPED_FRACTION = 1e-3  # samples at full scale beyond this share of the input: it was clipped
+
+
 class Denoised(NamedTuple):
-    """The denoised audio (float32, CPU, the input's rate and length), the start step t* (0-based) and the
-    input's signal-to-noise ratio as estimated from its quietest frames (dB)."""
+    """The denoised audio (float32, CPU, the input's rate and length), the start step t* (0-based; None when
+    the input was cleaner than the model's range and came back unchanged) and the input's signal-to-noise
+    ratio as estimated from its quietest frames (dB)."""
 
     audio: Tensor
-    start_step: int
+    start_step: int | None
     estimated_snr_db: float
 
 
@@ -128,8 +136,14 @@ def _positional_noise(source: PositionalNoise, offset: int, length: int, device:
     return noise_fn
 
 
-def _model_and_config(model: DiffWave | str | os.PathLike[str], config: Config | None) -> tuple[DiffWave, Config]:
-    if isinstance(model, (str, os.PathLike)):
+def _model_and_config(model: DiffWave | str | os.PathLike[str] | None, config: Config | None
+                      ) -> tuple[DiffWave, Config]:
+    if model is None:
+        shipped = pretrained.find(task=pretrained.DENOISER)
+        logger.info("denoise: no model given; using the shipped speech prior '%s' (%s)", shipped.name,
+                    shipped.description)
+        model, config = load_unconditional(pretrained.verified_path(shipped), device="cpu", purpose="denoising")
+    elif isinstance(model, (str, os.PathLike)):
         model, config = load_unconditional(model, purpose="denoising")
     if config is None:
         raise ValueError("denoise with a DiffWave module needs its config (or pass a checkpoint path as model)")
@@ -142,21 +156,32 @@ def _model_and_config(model: DiffWave | str | os.PathLike[str], config: Config |
     return model, config
 
 
-def denoise(audio: Tensor | np.ndarray, sample_rate: int, model: DiffWave | str | os.PathLike[str],
+def model_target_rms(config: Config) -> float:
+    """The level denoise normalises input to: the one the model's training audio was scaled to, if any."""
+    return DEFAULT_TARGET_RMS if config.data.target_rms is None else config.data.target_rms
+
+
+def denoise(audio: Tensor | np.ndarray, sample_rate: int, model: DiffWave | str | os.PathLike[str] | None = None,
             t_start: int | None = None, *, config: Config | None = None, sdedit: bool = False,
-            generator: torch.Generator | None = None, target_rms: float = DEFAULT_TARGET_RMS,
+            generator: torch.Generator | None = None, target_rms: float | None = None,
             chunk_seconds: float | None = DENOISE_CHUNK_SECONDS, overlap_seconds: float | None = None,
             dtype: torch.dtype | str | None = None) -> Denoised:
     """Denoise audio [samples] (or soundfile's [samples, channels], downmixed by the mean) at `sample_rate`.
 
-    `model` is an unconditional DiffWave with its `config`, or the path of an unconditional checkpoint. The
-    signal is resampled to the model's rate (and back), normalised to `target_rms` (and restored), and t* is
-    chosen from the estimated noise level unless given. The same generator state gives the same output.
+    `model` is an unconditional DiffWave with its `config`, the path of an unconditional checkpoint, or None for
+    the shipped speech prior (said in one log line). The signal is resampled to the model's rate (and back),
+    normalised to `target_rms` (None: the level the model was trained at, see `model_target_rms`; restored on
+    output), and t* is chosen from the estimated noise level unless given. An input noisier than the steps the
+    model was trained on starts at its last trained step (with a warning); one cleaner than its first step by
+    more than ABOVE_RANGE_FACTOR in noise power is returned unchanged (with a log line, start_step None).
+    Clipped input is denoised like any other, with a warning: clipping is distortion, not additive noise, and
+    stays. The same generator state gives the same output.
     Long inputs run in windows of `chunk_seconds` (None: one window) with `overlap_seconds` of context on
     each side (None: enough for the network's reach, at least the vocoder's 0.3 s). The network runs in
     `dtype` (None: fp32; "auto", "bf16", ...: see inference/precision.py), the chain in fp32.
     """
     model, config = _model_and_config(model, config)
+    target_rms = model_target_rms(config) if target_rms is None else target_rms
     audio = as_mono(audio, "denoise input")
     if audio.numel() == 0:
         raise DiffwaveError("denoise input is empty; expected a non-empty mono signal [samples]")
@@ -178,10 +203,27 @@ def denoise(audio: Tensor | np.ndarray, sample_rate: int, model: DiffWave | str 
     rms = y.pow(2).mean().sqrt().item()
     if rms == 0:
         raise DiffwaveError("the input audio is silent; there is nothing to denoise")
+    peak = audio.abs().max()
+    clipped = (audio.abs() >= 0.999 * peak).float().mean().item()
+    if clipped > CLIPPED_FRACTION:
+        logger.warning("denoise: the input looks clipped (%.2f%% of its samples at its peak %.3f); clipping is "
+                       "not additive noise and stays in the output", 100 * clipped, peak.item())
     y = y * (target_rms / rms)
     noise_std = estimate_noise_std(y)
     snr_db = 10 * math.log10(max(target_rms**2 - noise_std**2, 1e-12) / max(noise_std**2, 1e-12))
-    t_start = choose_start_step(schedule, noise_std) if t_start is None else int(t_start)
+    if t_start is None:
+        first_level = (1 - schedule.alpha_bars[0].item()) / schedule.alpha_bars[0].item()
+        if noise_std**2 * ABOVE_RANGE_FACTOR < first_level:
+            logger.info("denoise: estimated input SNR %.1f dB is above the model's range (its first step's noise "
+                        "is %.1f dB below the level); returned unchanged", snr_db,
+                        10 * math.log10(target_rms**2 / first_level))
+            return Denoised(audio.detach().to("cpu", torch.float32).clone(), None, snr_db)
+        t_start = choose_start_step(schedule, noise_std)
+        if t_start >= trained_steps(config):
+            logger.warning("denoise: estimated input SNR %.1f dB is below the model's range (trained on steps "
+                           "0..%d); starting at step %d", snr_db, trained_steps(config) - 1, trained_steps(config) - 1)
+            t_start = trained_steps(config) - 1
+    t_start = int(t_start)
     logger.debug("denoise: estimated input SNR %.1f dB, starting the chain at step %d of %d%s", snr_db, t_start,
                 schedule.num_steps, " (SDEdit)" if sdedit else "")
     with torch.inference_mode():

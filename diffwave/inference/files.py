@@ -22,7 +22,7 @@ from diffwave.config import Config
 from diffwave.data.corpus import AUDIO_SUFFIXES
 from diffwave.diffusion.sampling import CORRECTOR_SNR
 from diffwave.errors import DiffwaveError, VocodeError
-from diffwave.inference.denoise import DEFAULT_TARGET_RMS, denoise
+from diffwave.inference.denoise import denoise
 from diffwave.inference.vocoder import Vocoder
 from diffwave.model import DiffWave
 
@@ -212,7 +212,7 @@ def _read_at_own_rate(path: Path, fallback_rate: int) -> tuple[torch.Tensor, int
 
 def denoise_files(model: DiffWave, config: Config, inputs: Sequence[str | Path], out: str | Path, *,
                   t_start: int | None = None, sdedit: bool = False, seed: int = 0, force: bool = False,
-                  target_rms: float = DEFAULT_TARGET_RMS) -> RunSummary:
+                  target_rms: float | None = None) -> RunSummary:
     """Denoise every audio input into OUT/<name>.wav (or the file OUT, for one input) at the input's own rate
     and length (stereo is downmixed); each file's noise is seeded by `seed` alone, so the order of the inputs
     does not matter."""
@@ -235,8 +235,9 @@ def denoise_files(model: DiffWave, config: Config, inputs: Sequence[str | Path],
             logger.error("%s: %s", path, error)
             summary.failures.append(f"{path}: {error}")
             continue
-        logger.info("%s: start step %d of %d, estimated input SNR %.1f dB", path, result.start_step,
-                    config.diffusion.num_steps, result.estimated_snr_db)
+        if result.start_step is not None:
+            logger.info("%s: start step %d of %d, estimated input SNR %.1f dB", path, result.start_step,
+                        config.diffusion.num_steps, result.estimated_snr_db)
         write_audio(target, result.audio.clamp(-1.0, 1.0), rate)
         summary.files += 1
         summary.audio_seconds += result.audio.numel() / rate

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from diffwave.audio import write_audio
-from diffwave.config import Config
+from diffwave.config import Config, trained_steps
 from diffwave.diffusion import NoiseSchedule, sample
 from diffwave.diffusion.reverse_plans import plan_for
 from diffwave.diffusion.sampling import CORRECTOR_SNR
@@ -30,6 +30,10 @@ def generate(model: DiffWave, config: Config, count: int, seconds: float, *, sam
     `corrector_steps` Langevin steps per noisy state (predictor-corrector, see diffusion/sampling.py)."""
     if model.conditional:
         raise DiffwaveError("generate needs an unconditional model; this one is conditioned on mels")
+    if trained_steps(config) < config.diffusion.num_steps:
+        raise DiffwaveError(f"this model was trained on steps 0..{trained_steps(config) - 1} of "
+                            f"{config.diffusion.num_steps} only (train.max_step: a denoising prior), so it cannot "
+                            "start from pure noise; use it with denoise")
     if count < 1 or seconds <= 0 or batch_size < 1:
         raise DiffwaveError(f"need count >= 1, seconds > 0 and batch_size >= 1, got {count}, {seconds}, {batch_size}")
     sampler = sampler_for(config, sampler, corrector_steps=corrector_steps)

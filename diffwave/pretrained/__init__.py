@@ -19,6 +19,8 @@ from typing import Any
 from diffwave.errors import CheckpointError
 
 MANIFEST = "manifest.json"
+VOCODER, DENOISER = "vocoder", "denoiser"  # what a model is for; each task has its own default
+TASKS = (VOCODER, DENOISER)
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,9 @@ class PretrainedModel:
     file: str  # the .safetensors, beside the manifest
     sha256: str
     description: str  # one line
-    default: bool = False
+    default: bool = False  # the default of its task
     card: str = ""  # the model card (.md), beside the manifest
+    task: str = VOCODER  # vocoder (mel -> waveform) or denoiser (an unconditional speech prior)
 
     @property
     def path(self) -> Path:
@@ -76,22 +79,24 @@ def shipped() -> list[PretrainedModel]:
     return read_manifest()
 
 
-def find(name: str | None = None) -> PretrainedModel:
-    """The model called `name`, or the default one for None; refused with what is shipped otherwise."""
-    models = shipped()
+def find(name: str | None = None, task: str = VOCODER) -> PretrainedModel:
+    """The `task`'s model called `name`, or its default one for None; refused with what is shipped otherwise."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    models = [model for model in shipped() if model.task == task]
     if not models:
-        raise CheckpointError(f"no pretrained model is shipped in {pretrained_dir()} (no {MANIFEST} entries); "
+        raise CheckpointError(f"no pretrained {task} is shipped in {pretrained_dir()} (no {MANIFEST} entries); "
                               "pass a checkpoint instead")
     if name is None:
         defaults = [model for model in models if model.default]
         if len(defaults) != 1:
-            raise CheckpointError(f"{pretrained_dir() / MANIFEST}: expected one default model, found "
+            raise CheckpointError(f"{pretrained_dir() / MANIFEST}: expected one default {task}, found "
                                   f"{len(defaults)}; name one of: {', '.join(m.name for m in models)}")
         return defaults[0]
     for model in models:
         if model.name == name:
             return model
-    raise CheckpointError(f"no pretrained model '{name}'; shipped: {', '.join(m.name for m in models)}")
+    raise CheckpointError(f"no pretrained {task} '{name}'; shipped: {', '.join(m.name for m in models)}")
 
 
 def verified_path(model: PretrainedModel) -> Path:

@@ -41,7 +41,7 @@ from diffwave.checkpoints import (
     restore_rng_state,
     save_checkpoint,
 )
-from diffwave.config import Config, config_to_dict
+from diffwave.config import Config, config_to_dict, trained_steps
 from diffwave.data.dataset import crops_for_training, crops_for_validation
 from diffwave.diffusion import NoiseSchedule, ReversePlan, epsilon_loss, fast_schedule, sample
 from diffwave.errors import DataError, TrainingError
@@ -154,6 +154,8 @@ class Trainer:
         self.precision = resolve_precision(train.precision, self.device)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.schedule = NoiseSchedule.from_config(config.diffusion)
+        # Steps 0 .. steps_drawn - 1 are trained (train.max_step); validation measures the same range.
+        self.steps_drawn = trained_steps(config)
         torch.manual_seed(train.seed)  # the initial weights; all later randomness has its own seeds
         self.model = DiffWave.from_config(config).to(self.device)
         self._start_weights(fresh=resume_from is None)
@@ -288,7 +290,7 @@ class Trainer:
         steps, noises = [], []
         for item_id in ids:
             self.generator.manual_seed(example_seed(self.config.train.seed, self.step, item_id))
-            steps.append(torch.randint(0, self.schedule.num_steps, (1,), generator=self.generator, device=self.device))
+            steps.append(torch.randint(0, self.steps_drawn, (1,), generator=self.generator, device=self.device))
             noises.append(torch.randn(shape, generator=self.generator, device=self.device))
         return torch.cat(steps), torch.stack(noises)
 
@@ -361,7 +363,7 @@ class Trainer:
         batch = next(iter(DataLoader(self.validation, batch_size=min(len(self.validation), 16))))
         audio = batch["audio"].to(self.device)
         generator = torch.Generator(self.device).manual_seed(VALIDATION_SEED)
-        t = torch.randint(0, self.schedule.num_steps, (audio.shape[0],), generator=generator, device=self.device)
+        t = torch.randint(0, self.steps_drawn, (audio.shape[0],), generator=generator, device=self.device)
         noise = torch.randn(audio.shape, generator=generator, device=self.device)
         mel = batch["mel"].to(self.device) if "mel" in batch else None
         std = None if self.prior is None else self.prior.std(mel)
@@ -506,7 +508,8 @@ class Trainer:
             loss = self.validation_loss()
             if loss is not None:
                 monitor.scalars(self.step, {"valid/loss": loss})
-        if self.step % train.sample_every == 0:
+        # A model trained on the low-noise steps only (train.max_step) cannot start from pure noise: no samples.
+        if self.step % train.sample_every == 0 and self.steps_drawn == self.schedule.num_steps:
             mel_l1 = self.vocode_samples(monitor)
             if mel_l1 is not None:
                 monitor.scalars(self.step, {"valid/mel_l1": mel_l1})

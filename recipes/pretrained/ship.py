@@ -23,6 +23,7 @@ import logging
 import shutil
 import string
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -141,43 +142,67 @@ def readme_block(results: list[heldout.ClipResult], step: int, cpu_hours: float,
     return "\n".join(lines)
 
 
-def replace_between_markers(path: Path, text: str) -> None:
-    """Replace what lies between the README's pretrained-metrics markers with `text`."""
+def replace_between_markers(path: Path, text: str, markers: tuple[str, str] = (README_START, README_END)) -> None:
+    """Replace what lies between the README's markers (default: pretrained-metrics) with `text`."""
     content = path.read_text()
-    start, end = content.find(README_START), content.find(README_END)
+    start, end = content.find(markers[0]), content.find(markers[1])
     if start < 0 or end < start:
-        raise DiffwaveError(f"{path}: the markers {README_START}... and {README_END} are missing")
+        raise DiffwaveError(f"{path}: the markers {markers[0]}... and {markers[1]} are missing")
     head = content[:content.index("\n", start) + 1]
     with atomic_write(path) as temp:
         temp.write_text(head + text + "\n" + content[end:])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def shipping_parser(description: str, name: str) -> argparse.ArgumentParser:
+    """The options every ship script takes: what to export, from which run, and where its outputs go."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("checkpoint", nargs="?", help="training checkpoint (default: the newest of --run-dir)")
     parser.add_argument("--run-dir", type=Path, help="the training run folder (needed without CHECKPOINT)")
     parser.add_argument("--features", type=Path, required=True,
                         help="the run's feature folder (for the card's data counts)")
-    parser.add_argument("--name", default="voice")
+    parser.add_argument("--name", default=name)
     parser.add_argument("--clips", type=Path, default=ROOT / "recipes" / "demo" / "clips")
     parser.add_argument("--cores", type=int, default=2, help="CPU cores the training run had")
     parser.add_argument("--work", type=Path, default=ROOT / "exp" / "ship", help="scratch folder for the export")
     parser.add_argument("--target", type=Path, help="where the weights, card and manifest go (default: the package)")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README whose table is rewritten")
-    parser.add_argument("--history", type=Path, default=HERE / "history.tsv", help="held-out scores of each export")
-    parser.add_argument("--crop-seconds", type=float, help="score only the first S seconds of each clip (quick runs)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_shipping(ship_function: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """Run a ship script's work; a user error is one line and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        ship(args)
+        ship_function(args)
     except DiffwaveError as error:
         print(f"ship: error: {error}", file=sys.stderr)
         return 2
     return 0
 
 
-def ship(args: argparse.Namespace) -> None:
-    """Export, score and describe first; write into the package only once all of that has worked."""
+def main(argv: list[str] | None = None) -> int:
+    parser = shipping_parser(__doc__.split("\n\n")[0], "voice")
+    parser.add_argument("--history", type=Path, default=HERE / "history.tsv", help="held-out scores of each export")
+    parser.add_argument("--crop-seconds", type=float, help="score only the first S seconds of each clip (quick runs)")
+    return run_shipping(ship, parser.parse_args(argv))
+
+
+def install(target: Path, exported: Path, card_text: str, entry: PretrainedModel) -> None:
+    """The weights, the card and the manifest entry into `target`, each written atomically; the entry becomes its
+    task's default."""
+    with atomic_write(target / exported.name) as temp:
+        shutil.copyfile(exported, temp)
+    with atomic_write(target / entry.card) as temp:
+        temp.write_text(card_text)
+    others = [replace(m, default=False) if m.task == entry.task else m
+              for m in pretrained.read_manifest(target) if m.name != entry.name]
+    with atomic_write(target / pretrained.MANIFEST) as temp:
+        temp.write_text(pretrained.manifest_text([*others, entry]))
+
+
+def export_for_shipping(args: argparse.Namespace) -> tuple[Path, Path, int]:
+    """(the checkpoint to ship: CHECKPOINT or the newest of --run-dir, its EMA export in --work, its bytes),
+    refused above the size limit for package data."""
     if args.checkpoint is None and args.run_dir is None:
         raise DiffwaveError("give a CHECKPOINT or the --run-dir whose newest checkpoint to ship")
     checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.run_dir)
@@ -191,9 +216,15 @@ def ship(args: argparse.Namespace) -> None:
     if size > MAX_BYTES:
         raise DiffwaveError(f"{exported}: {size / 1e6:.1f} MB exceeds the {MAX_BYTES / 1e6:.0f} MB limit for shipped "
                             "weights")
+    return checkpoint, exported, size
+
+
+def ship(args: argparse.Namespace) -> None:
+    """Export, score and describe first; write into the package only once all of that has worked."""
+    checkpoint, exported, size = export_for_shipping(args)
     weights, values = load_safetensors(exported)
     config = config_from_dict(values, source=str(exported))
-    step = _step_of(exported)
+    step = step_of(exported)
 
     vocoder = Vocoder.from_checkpoint(exported, device="cpu")
     clips = heldout.read_clips(args.clips, vocoder.sample_rate, args.crop_seconds)
@@ -232,15 +263,9 @@ def ship(args: argparse.Namespace) -> None:
     text = string.Template((HERE / "card.md.tmpl").read_text()).substitute(fields)
 
     target = args.target or pretrained.pretrained_dir()
-    with atomic_write(target / exported.name) as temp:
-        shutil.copyfile(exported, temp)
-    with atomic_write(target / card) as temp:
-        temp.write_text(text)
     plot_curve(target / curve, hours, valid, history, args.cores)
-    entry = PretrainedModel(args.name, exported.name, digest, description, default=True, card=card)
-    others = [replace(m, default=False) for m in pretrained.read_manifest(target) if m.name != args.name]
-    with atomic_write(target / pretrained.MANIFEST) as temp:
-        temp.write_text(pretrained.manifest_text([*others, entry]))
+    install(target, exported, text, PretrainedModel(args.name, exported.name, digest, description, default=True,
+                                                    card=card))
     write_history(history_path, history)
     replace_between_markers(args.readme, readme_block(results, step, wall * args.cores, setup))
     print(f"ship: {args.name} (step {step}, {size / 1e6:.1f} MB, sha256 {digest[:12]}...) written to {target}; "
@@ -248,7 +273,7 @@ def ship(args: argparse.Namespace) -> None:
     print(heldout.markdown_table(results))
 
 
-def _step_of(exported: Path) -> int:
+def step_of(exported: Path) -> int:
     """The training step `diffwave export` recorded in the file's metadata."""
     with safe_open(str(exported), framework="pt") as file:
         step = (file.metadata() or {}).get("step", "")
