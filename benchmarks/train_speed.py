@@ -81,7 +81,8 @@ def time_precision(args: argparse.Namespace, features: Path, work: Path, precisi
     """Runs in its own process (see `main`): warm-up step, then `args.steps` timed (or profiled) steps."""
     device = torch.device(args.device)
     config = load_config(args.config, [*settings(args, precision, memory), "train.max_steps=1"])
-    trainer = Trainer(config, features, work / f"run-{precision}-{memory}", init_distributed(str(device)))
+    trainer = Trainer.from_config(config, features, work / f"run-{precision}-{memory}",
+                                  init_distributed(str(device)))
     trainer.fit()  # warm-up: allocator, kernels, worker start
     trainer.config.train.max_steps = 1 + args.steps
     synchronize(device)

@@ -11,7 +11,8 @@ import torch.distributed as dist
 
 from diffwave.config import load_config
 from diffwave.training.distributed import init_distributed, teardown_distributed
-from diffwave.training.trainer import Trainer, prepare_run_dir
+from diffwave.training.setup import prepare_run_dir
+from diffwave.training.trainer import Trainer
 
 
 def main() -> None:
@@ -24,7 +25,7 @@ def main() -> None:
             prepare_run_dir(run_dir, resume=False, overwrite=False)
         if context.distributed:
             dist.barrier()
-        trainer = Trainer(config, features, run_dir, context)
+        trainer = Trainer.from_config(config, features, run_dir, context)
 
         def fail(t: Trainer) -> None:
             if context.rank == 1 and t.step == fail_at:

@@ -38,11 +38,12 @@ def test_max_step_and_target_rms_are_checked_against_the_rest_of_the_config():
 
 def test_training_draws_only_the_steps_up_to_max_step(tiny_features, tmp_path):
     config = load_config("tiny", [*UNCONDITIONAL, "train.max_step=2"])
-    trainer = Trainer(config, tiny_features, tmp_path / "run", DistributedContext(0, 1, 0, torch.device("cpu")))
+    trainer = Trainer.from_config(config, tiny_features, tmp_path / "run",
+                                  DistributedContext(0, 1, 0, torch.device("cpu")))
     drawn = torch.cat([trainer._draws([f"id{i}"], torch.Size([8]))[0] for i in range(300)])
     assert set(drawn.tolist()) == {0, 1, 2}  # all of them, and nothing above: 300 uniform draws of 3 values
-    unrestricted = Trainer(load_config("tiny", UNCONDITIONAL), tiny_features, tmp_path / "run2",
-                           DistributedContext(0, 1, 0, torch.device("cpu")))
+    unrestricted = Trainer.from_config(load_config("tiny", UNCONDITIONAL), tiny_features, tmp_path / "run2",
+                                       DistributedContext(0, 1, 0, torch.device("cpu")))
     assert unrestricted._draws(["id"] * 1, torch.Size([8]))[0].item() < 50
     assert max(unrestricted._draws([f"id{i}"], torch.Size([8]))[0].item() for i in range(100)) > 2
 

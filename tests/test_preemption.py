@@ -18,7 +18,8 @@ from diffwave.checkpoints import latest_checkpoint, load_checkpoint
 from diffwave.config import load_config
 from diffwave.training.distributed import init_distributed
 from diffwave.training.run import train
-from diffwave.training.trainer import Trainer, prepare_run_dir
+from diffwave.training.setup import prepare_run_dir
+from diffwave.training.trainer import Trainer
 
 QUIET = ["train.log_every=1", "train.valid_every=100000", "train.sample_every=100000", "train.save_every=100000",
          "data.num_workers=0"]
@@ -82,8 +83,8 @@ def test_a_second_signal_during_the_save_does_not_corrupt_it(tiny_features, tmp_
     is only logged, and the file is complete. The old handlers are back afterwards."""
     run = tmp_path / "run"
     config = load_config("tiny", [*QUIET, "train.max_steps=50"])
-    trainer = Trainer(config, tiny_features, run, init_distributed("cpu"),
-                      resume_from=prepare_run_dir(run, resume=False, overwrite=False))
+    trainer = Trainer.from_config(config, tiny_features, run, init_distributed("cpu"),
+                                  resume_from=prepare_run_dir(run, resume=False, overwrite=False))
     save = trainer.save
 
     def save_interrupted():

@@ -20,7 +20,8 @@ from diffwave.inference import Vocoder
 from diffwave.inference.chunking import PositionalNoise
 from diffwave.training.distributed import init_distributed
 from diffwave.training.run import train
-from diffwave.training.trainer import Trainer, prepare_run_dir
+from diffwave.training.setup import prepare_run_dir
+from diffwave.training.trainer import Trainer
 from tests.analytic import GaussianNetwork, run_chain
 from tests.audio_fixtures import harmonic_tone
 
@@ -111,7 +112,7 @@ def test_config_choices_and_refusals():
 def _trainer(features: Path, run_dir: Path, *overrides: str) -> Trainer:
     checkpoint = prepare_run_dir(run_dir, resume=False, overwrite=False)
     config = load_config("tiny", [*QUIET, "train.save_every=3", "train.max_steps=3", *overrides])
-    return Trainer(config, features, run_dir, init_distributed("cpu"), resume_from=checkpoint)
+    return Trainer.from_config(config, features, run_dir, init_distributed("cpu"), resume_from=checkpoint)
 
 
 def test_a_fresh_run_stores_the_corpus_statistics_in_its_checkpoints(tiny_features, tmp_path):

@@ -28,7 +28,7 @@ def shipped(tiny_checkpoint, tmp_path_factory):
 
 def test_a_new_run_starts_from_the_weights_with_a_fresh_optimizer(shipped, tiny_features, tmp_path):
     config = load_config("tiny", [*QUIET, "train.warmup_steps=10"])
-    trainer = Trainer(config, tiny_features, tmp_path / "run", init_distributed("cpu"), init_from=shipped)
+    trainer = Trainer.from_config(config, tiny_features, tmp_path / "run", init_distributed("cpu"), init_from=shipped)
     weights, _ = load_model(shipped)
     for name, value in weights.state_dict().items():
         assert torch.equal(trainer.model.state_dict()[name], value), name
@@ -52,7 +52,7 @@ def test_the_run_trains_on_from_there_and_resumes_without_it(shipped, tiny_featu
 def test_weights_of_another_model_are_refused_with_the_differences(shipped, tiny_features, tmp_path):
     config = load_config("tiny", ["model.residual_channels=16"])
     with pytest.raises(CheckpointError, match="model.residual_channels"):
-        Trainer(config, tiny_features, tmp_path / "run", init_distributed("cpu"), init_from=shipped)
+        Trainer.from_config(config, tiny_features, tmp_path / "run", init_distributed("cpu"), init_from=shipped)
 
 
 def test_the_command_line_option(shipped, tiny_features, tmp_path):
@@ -70,8 +70,8 @@ def test_a_priorgrad_run_keeps_the_statistics_its_weights_were_trained_with(tiny
     train(config, tiny_features, tmp_path / "first", device="cpu")
     caplog.set_level(logging.INFO, logger="diffwave")
     fresh = load_config("tiny", [*QUIET, "diffusion.prior=priorgrad"])  # statistics unset: would be recomputed
-    trainer = Trainer(fresh, tiny_features, tmp_path / "second", init_distributed("cpu"),
-                      init_from=tmp_path / "first" / "checkpoints" / "step_00000001.pt")
+    trainer = Trainer.from_config(fresh, tiny_features, tmp_path / "second", init_distributed("cpu"),
+                                  init_from=tmp_path / "first" / "checkpoints" / "step_00000001.pt")
     assert (trainer.config.diffusion.prior_energy_min, trainer.config.diffusion.prior_energy_max) == (0.01, 3.0)
     assert trainer.prior.energy_min == 0.01 and trainer.prior.energy_max == 3.0
     assert "starting from the weights of" in caplog.text
@@ -80,7 +80,7 @@ def test_a_priorgrad_run_keeps_the_statistics_its_weights_were_trained_with(tiny
     caplog.clear()
     asked = load_config("tiny", [*QUIET, "diffusion.prior=priorgrad", "diffusion.prior_energy_min=0.01",
                                  "diffusion.prior_energy_max=2.0"])
-    trainer = Trainer(asked, tiny_features, tmp_path / "third", init_distributed("cpu"),
-                      init_from=tmp_path / "first" / "checkpoints" / "step_00000001.pt")
+    trainer = Trainer.from_config(asked, tiny_features, tmp_path / "third", init_distributed("cpu"),
+                                  init_from=tmp_path / "first" / "checkpoints" / "step_00000001.pt")
     assert trainer.config.diffusion.prior_energy_max == 3.0
     assert "diffusion.prior_energy_max=2.0 ignored: the weights were trained with 3.0" in caplog.text

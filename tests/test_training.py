@@ -14,7 +14,8 @@ from diffwave.config import load_config
 from diffwave.errors import CheckpointError, TrainingError
 from diffwave.training.distributed import DistributedContext, ResumableSampler, init_distributed
 from diffwave.training.run import train
-from diffwave.training.trainer import Trainer, prepare_run_dir
+from diffwave.training.setup import prepare_run_dir
+from diffwave.training.trainer import Trainer
 
 FAST = ["train.log_every=1", "train.valid_every=3", "train.sample_every=6", "train.save_every=3",
         "train.num_samples=1"]
@@ -26,7 +27,7 @@ def tiny(*overrides: str):
 
 def make_trainer(features: Path, run_dir: Path, *overrides: str) -> Trainer:
     checkpoint = prepare_run_dir(run_dir, resume=False, overwrite=False)
-    return Trainer(tiny(*overrides), features, run_dir, init_distributed("cpu"), resume_from=checkpoint)
+    return Trainer.from_config(tiny(*overrides), features, run_dir, init_distributed("cpu"), resume_from=checkpoint)
 
 
 def scalar_events(run_dir: Path, tag: str) -> list[tuple[int, float]]:
@@ -192,8 +193,8 @@ def test_a_resume_that_asks_for_another_learning_rate_gets_it(tiny_features, tmp
     train(tiny("train.max_steps=3", "train.learning_rate=1e-3", "train.warmup_steps=10"), tiny_features, run,
           device="cpu")
     checkpoint = prepare_run_dir(run, resume=True, overwrite=False)
-    trainer = Trainer(tiny("train.learning_rate=4e-4", "train.warmup_steps=10"), tiny_features, run,
-                      init_distributed("cpu"), resume_from=checkpoint)
+    trainer = Trainer.from_config(tiny("train.learning_rate=4e-4", "train.warmup_steps=10"), tiny_features, run,
+                                  init_distributed("cpu"), resume_from=checkpoint)
     assert trainer.step == 3
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(4e-4 * 4 / 10)  # still warming up
     trainer.scheduler.step()

@@ -6,15 +6,16 @@ import torch
 
 from diffwave.config import load_config
 from diffwave.training.distributed import init_distributed
-from diffwave.training.trainer import Trainer, prepare_run_dir
+from diffwave.training.setup import prepare_run_dir
+from diffwave.training.trainer import Trainer
 
 QUIET = ["train.log_every=1", "train.valid_every=100000", "train.sample_every=100000", "train.save_every=100000"]
 
 
 def make_trainer(features, run_dir, *overrides: str) -> Trainer:
     config = load_config("tiny", [*QUIET, *overrides])
-    return Trainer(config, features, run_dir, init_distributed("cpu"),
-                   resume_from=prepare_run_dir(run_dir, resume=False, overwrite=False))
+    return Trainer.from_config(config, features, run_dir, init_distributed("cpu"),
+                               resume_from=prepare_run_dir(run_dir, resume=False, overwrite=False))
 
 
 def parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:

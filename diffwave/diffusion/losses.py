@@ -39,13 +39,16 @@ def epsilon_loss(eps_hat: Tensor, eps: Tensor, kind: str = "l2", prior_std: Tens
 
 
 def diffusion_loss(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *, kind: str = "l2",
-                   generator: torch.Generator | None = None,
-                   prior_std: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                   generator: torch.Generator | None = None, prior_std: Tensor | None = None,
+                   steps: Tensor | None = None, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """L_simple with one uniformly drawn step per example; returns (per-example loss, the steps drawn).
 
-    With `prior_std` S the noise is S eps and the loss is weighted by S^-2 (see the module doc)."""
-    t = torch.randint(0, schedule.num_steps, (x0.shape[0],), generator=generator, device=x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    With `prior_std` S the noise is S eps and the loss is weighted by S^-2 (see the module doc). `steps` and
+    standard `noise` given are used instead of drawing them (the trainer draws them per example)."""
+    t = steps if steps is not None else torch.randint(0, schedule.num_steps, (x0.shape[0],), generator=generator,
+                                                      device=x0.device)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     if prior_std is not None:
         noise = noise * prior_std
     x_t = schedule.q_sample(x0, t, noise)

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch.distributed as dist
 
 from diffwave.checkpoints import latest_checkpoint
 from diffwave.config import Config
 from diffwave.training.distributed import init_distributed, teardown_distributed
-from diffwave.training.trainer import Trainer, TrainResult, prepare_run_dir
+from diffwave.training.objectives import DiffusionObjective
+from diffwave.training.setup import prepare_run_dir
+from diffwave.training.trainer import Trainer, TrainResult
 
 logger = logging.getLogger("diffwave.train")
 
 
 def train(config: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool = False,
-          overwrite: bool = False, device: str | None = None, trainer_class: type[Trainer] = Trainer,
-          **trainer_options: Any) -> TrainResult | None:
-    """Train (or resume) a run; returns the result on rank 0 and None on the other ranks. `trainer_class` and
-    `trainer_options` choose another objective on the same loop (distillation)."""
+          overwrite: bool = False, device: str | None = None, init_from: str | Path | None = None,
+          objective: DiffusionObjective | None = None) -> TrainResult | None:
+    """Train (or resume) a run; returns the result on rank 0 and None on the other ranks. A new run starts from
+    the weights of `init_from` when given; `objective` chooses another objective on the same loop
+    (distillation)."""
     context = init_distributed(device, timeout_s=config.train.dist_timeout_s)
     try:
         run_dir = Path(run_dir)
@@ -32,9 +34,11 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, *, resume: 
                 checkpoint = latest_checkpoint(run_dir)
         if checkpoint is not None and context.is_main:
             logger.info("resuming from %s", checkpoint)
-            if trainer_options.get("init_from") is not None:
+            if init_from is not None:
                 logger.info("a resumed run continues from its checkpoint; --init-from applies to new runs only")
-        result = trainer_class(config, data_dir, run_dir, context, resume_from=checkpoint, **trainer_options).fit()
+        trainer = Trainer.from_config(config, data_dir, run_dir, context, resume_from=checkpoint,
+                                      init_from=None if checkpoint is not None else init_from, objective=objective)
+        result = trainer.fit()
         return result if context.is_main else None
     finally:
         teardown_distributed()

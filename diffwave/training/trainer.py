@@ -1,4 +1,6 @@
-"""The training loop: epsilon-loss steps with AMP, DDP, EMA, a non-finite guard, validation and checkpoints.
+"""The training loop: steps of an objective (training.objectives) with AMP, DDP, EMA, a non-finite guard, the
+cadence of logs, validation (training.validation) and checkpoints, and preemption. Its config is final before it
+is built (training.setup.prepare).
 
 Exact resume is by construction rather than by saving every RNG: the crop of item i in epoch e is a
 function of (seed, epoch, i) (see data.dataset), the sampler is a function of (seed, epoch) and can start
@@ -12,11 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,45 +25,25 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel
 from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
-from diffwave.audio import LogMel
-from diffwave.audio.prior import EnergyPrior, with_corpus_statistics
-from diffwave.checkpoints import (
-    CHECKPOINT_DIR,
-    FORMAT_VERSION,
-    capture_rng_state,
-    check_compatible,
-    latest_checkpoint,
-    load_checkpoint,
-    load_model,
-    restore_rng_state,
-    save_checkpoint,
-)
+from diffwave.audio.prior import EnergyPrior
+from diffwave.checkpoints import FORMAT_VERSION, capture_rng_state, restore_rng_state, save_checkpoint
 from diffwave.config import Config, config_to_dict, trained_steps
-from diffwave.data.dataset import crops_for_training, crops_for_validation
-from diffwave.diffusion import NoiseSchedule, ReversePlan, epsilon_loss, fast_schedule, sample
+from diffwave.data.dataset import crops_for_training
+from diffwave.diffusion import NoiseSchedule
 from diffwave.errors import DataError, TrainingError
 from diffwave.model import DiffWave
 from diffwave.training.distributed import DistributedContext, ResumableSampler, all_reduce_sum
+from diffwave.training.ema import ExponentialAverage
 from diffwave.training.monitor import Monitor, loss_by_step_buckets
+from diffwave.training.objectives import DiffusionObjective
 from diffwave.training.preemption import StopRequest, ignore_stop_signals, stop_on_signals
+from diffwave.training.setup import LOG_DIR, RunStart, prepare
+from diffwave.training.validation import Validation
 
 logger = logging.getLogger("diffwave.train")
-
-LOG_DIR = "logs"  # TensorBoard event files, beside checkpoints/
-VALIDATION_SEED = 1234  # fixed steps and noise, so valid/loss is comparable across a run
-
-
-# network(x_t, t, mel) -> output: the model under training (through DDP) or one of its averages.
-NetworkCall = Callable[[Tensor, Tensor, Tensor | None], Tensor]
-
-
-def network_call(model: DiffWave) -> NetworkCall:
-    """A model (an average, a teacher) as `Trainer._losses` calls a network."""
-    return lambda x, t, mel: model(x, t, mel=mel)
 
 
 class NoiseEstimator(nn.Module):
@@ -74,20 +55,6 @@ class NoiseEstimator(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, mel: Tensor | None) -> Tensor:
         return self.model(x_t, t, mel=mel)
-
-
-class _EmaWithWarmup:
-    """EMA update for AveragedModel: decay min(decay, (1 + n) / (10 + n)), so early averages track the
-    quickly changing weights instead of the random initialisation."""
-
-    def __init__(self, decay: float) -> None:
-        self.decay = decay
-        self.updates = 0
-
-    def __call__(self, averaged: list[Tensor], current: list[Tensor], _num_averaged: Tensor) -> None:
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for avg, cur in zip(averaged, current, strict=True):
-            avg.lerp_(cur, 1 - decay)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -117,36 +84,16 @@ class TrainResult:
     stopped_by: str | None = None  # the signal that ended the run early (SIGTERM, SIGINT), if one did
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh run; refuses to mix runs in one folder.
-
-    A folder with checkpoints resumes from the newest (said in the log); `resume=True` demands one;
-    a non-empty folder without checkpoints is refused unless `overwrite`, which deletes the run's own
-    artefacts (checkpoints/ and logs/) and never anything else the user keeps there.
-    """
-    if overwrite and resume:
-        raise TrainingError("--resume and --overwrite contradict each other; choose one")
-    if overwrite:
-        for artefacts in (run_dir / CHECKPOINT_DIR, run_dir / LOG_DIR):
-            shutil.rmtree(artefacts, ignore_errors=True)
-    checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
-    if checkpoint is None:
-        if resume:
-            raise TrainingError(f"--resume given, but {run_dir} holds no checkpoint to resume from")
-        if not overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
-            raise TrainingError(f"{run_dir} is not empty and holds no checkpoint; choose a new --out folder or "
-                                "pass --overwrite to start over there")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return checkpoint
-
-
 class Trainer:
-    """One training run of `config` on a feature folder, writing checkpoints and logs to `run_dir`."""
+    """One training run on a feature folder, writing checkpoints and logs to `run_dir`: `start` holds the final
+    config and the starting state (training.setup.prepare, or `Trainer.from_config` in one call), `objective`
+    what each step optimises (default: the diffusion loss)."""
 
-    def __init__(self, config: Config, data_dir: Path | str, run_dir: Path | str, context: DistributedContext,
-                 *, resume_from: Path | None = None, init_from: Path | str | None = None) -> None:
-        self.config, self.context, self.init_from = config, context, init_from
-        self.run_dir, self.device = Path(run_dir), context.device
+    def __init__(self, start: RunStart, data_dir: Path | str, run_dir: Path | str, context: DistributedContext,
+                 *, objective: DiffusionObjective | None = None) -> None:
+        self.config = config = start.config
+        self.context, self.run_dir, self.device = context, Path(run_dir), context.device
+        self.objective = objective or DiffusionObjective()
         train = config.train
         if train.batch_size % context.world_size:
             raise TrainingError(f"train.batch_size {train.batch_size} (the global batch) must be divisible by the "
@@ -158,10 +105,11 @@ class Trainer:
         self.steps_drawn = trained_steps(config)
         torch.manual_seed(train.seed)  # the initial weights; all later randomness has its own seeds
         self.model = DiffWave.from_config(config).to(self.device)
-        self._start_weights(fresh=resume_from is None)
-        config = self.config  # starting weights may bring the prior's corpus statistics they were trained with
-        self.ema_update = _EmaWithWarmup(train.ema_decay)
-        self.ema = AveragedModel(self.model, multi_avg_fn=self.ema_update, use_buffers=True)
+        weights = start.weights if start.weights is not None else self.objective.start_weights
+        if start.resumed is None and weights is not None:  # set before their averages are taken
+            self.model.load_state_dict(weights)
+        self.objective.attach(self.model, config, self.schedule)
+        self.ema = ExponentialAverage(self.model, train.ema_decay, warmup=True)
         self.estimator: nn.Module = NoiseEstimator(self.model)
         if context.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -177,27 +125,25 @@ class Trainer:
         self.stop_request, self.stopping = StopRequest(), False  # fit() connects the request to SIGTERM/SIGINT
 
         self.dataset = crops_for_training(data_dir, config, "train", seed=train.seed)
-        # PriorGrad's corpus statistics go into the config that checkpoints carry (read only for priorgrad); a
-        # resumed run takes the ones it started with from its checkpoint instead (see _restore).
-        if resume_from is None:
-            self.config = config = with_corpus_statistics(config, (np.load(u.mel, mmap_mode="r")
-                                                                   for u in self.dataset.utterances))
-        self.prior = EnergyPrior.from_config(config) if resume_from is None else None  # None: the standard N(0, I)
+        self.prior = EnergyPrior.from_config(config)  # None: the standard N(0, I)
         self.sampler = ResumableSampler(self.dataset, context, seed=train.seed)
         self.local_batch = train.batch_size // context.world_size
         if len(self.sampler) < self.local_batch:
             raise DataError(f"{data_dir}: the training split has {len(self.dataset)} utterances, fewer than one "
                             f"global batch of {train.batch_size}; lower train.batch_size or add data")
-        self.validation = self._validation_set(data_dir) if context.is_main else None
-        if resume_from is not None:
-            self._restore(resume_from)
+        self.validation = Validation(data_dir, config, self.steps_drawn, self.device) if context.is_main else None
+        if start.resumed is not None:
+            self._restore(start.resumed, start.resumed_from)
 
-    def _validation_set(self, data_dir: Path | str):
-        try:
-            return crops_for_validation(data_dir, self.config)
-        except DataError as error:
-            logger.warning("no validation: %s", error)
-            return None
+    @classmethod
+    def from_config(cls, config: Config, data_dir: Path | str, run_dir: Path | str, context: DistributedContext,
+                    *, resume_from: Path | None = None, init_from: Path | str | None = None,
+                    objective: DiffusionObjective | None = None) -> Trainer:
+        """`config` made final by training.setup.prepare (resumed from `resume_from`, or fresh from the weights of
+        `init_from`), then the Trainer."""
+        start = prepare(config, data_dir, resume_from=resume_from, init_from=init_from, objective=objective,
+                        device=context.device, is_main=context.is_main)
+        return cls(start, data_dir, run_dir, context, objective=objective)
 
     # --- checkpoints -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -210,41 +156,12 @@ class Trainer:
             "non_finite_total": self.non_finite_total,
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict(),
-            "ema_updates": self.ema_update.updates,
+            "ema_updates": self.ema.updates,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng_state(),
-        }
-
-    def _start_weights(self, fresh: bool) -> None:
-        """The weights a fresh run starts from, set before their averages are taken: the seeded initialisation,
-        or the (EMA) weights of `init_from` with a fresh optimizer, schedule and step count (a distillation
-        starts from its teacher's). `init_from` must fit the config's model, front end, schedule and prior, and
-        its PriorGrad statistics are kept, since its weights were trained with them. A resumed run's weights
-        come from its checkpoint instead."""
-        if self.init_from is None or not fresh:
-            return
-        model, saved = load_model(self.init_from)
-        saved_config = config_to_dict(saved)
-        self._adopt_corpus_statistics(saved_config)
-        for note in check_compatible(saved_config, self.config, source=str(self.init_from)):
-            logger.info("starting from %s with a changed setting: %s", self.init_from, note)
-        self.model.load_state_dict(model.state_dict())
-        if self.context.is_main:
-            logger.info("starting from the weights of %s with a fresh optimizer", self.init_from)
-
-    def _adopt_corpus_statistics(self, saved_config: dict[str, Any]) -> None:
-        """A PriorGrad run keeps the corpus statistics its weights were trained with, whatever the data folder
-        holds; taken before the configs are compared, so they are never reported as a changed setting."""
-        if self.config.diffusion.prior != "priorgrad" or saved_config["diffusion"]["prior"] != "priorgrad":
-            return  # a prior that differs is refused by check_compatible
-        saved = {key: saved_config["diffusion"][key] for key in ("prior_energy_min", "prior_energy_max")}
-        for key, value in saved.items():
-            asked = getattr(self.config.diffusion, key)
-            if asked is not None and asked != value:
-                logger.warning("diffusion.%s=%s ignored: the weights were trained with %s", key, asked, value)
-        self.config = replace(self.config, diffusion=replace(self.config.diffusion, **saved))
+        } | self.objective.state()
 
     def _set_learning_rate(self, learning_rate: float) -> None:
         """The restored scheduler carries the saved run's base rate; a resume that asks for another takes it."""
@@ -253,18 +170,11 @@ class Trainer:
             group["initial_lr"] = learning_rate
             group["lr"] = learning_rate * factor(self.scheduler.last_epoch)
 
-    def _restore(self, path: Path) -> None:
-        self._load_state(load_checkpoint(path, map_location=self.device), path)
-
-    def _load_state(self, state: dict[str, Any], path: Path) -> None:
-        self._adopt_corpus_statistics(state["config"])
-        for note in check_compatible(state["config"], self.config, source=str(path)):
-            logger.info("resuming with a changed setting: %s", note)
-        self.prior = EnergyPrior.from_config(self.config)
+    def _restore(self, state: dict[str, Any], path: Path | None) -> None:
+        """Continue from a checkpoint's state (its config already checked against this run's by `prepare`)."""
         self.model.load_state_dict(state["model"])
-        self.ema.module.load_state_dict(state["ema"])
-        self.ema.n_averaged.fill_(state["ema_updates"])
-        self.ema_update.updates = state["ema_updates"]
+        self.ema.restore(state["ema"], state["ema_updates"])
+        self.objective.load_state(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self._set_learning_rate(self.config.train.learning_rate)
@@ -286,7 +196,7 @@ class Trainer:
     # --- one step ------------------------------------------------------------------------------------
     def _draws(self, ids: list[str], shape: torch.Size) -> tuple[Tensor, Tensor]:
         """Diffusion step and standard noise of each example, from its own seed (see `example_seed`); the
-        prior's scale is applied by the caller, so the draws are the same for either prior."""
+        prior's scale is applied by the objective, so the draws are the same for either prior."""
         steps, noises = [], []
         for item_id in ids:
             self.generator.manual_seed(example_seed(self.config.train.seed, self.step, item_id))
@@ -298,15 +208,6 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                               enabled=self.autocast_dtype is not None)
 
-    def _losses(self, network: NetworkCall, audio: Tensor, mel: Tensor | None, t: Tensor, noise: Tensor,
-                std: Tensor | None) -> Tensor:
-        """Per-example loss of `network` on clean `audio` at steps t with forward noise as drawn (times S under
-        a prior): the epsilon loss. Distillation replaces it with its own objective."""
-        x_t = self.schedule.q_sample(audio, t, noise)
-        with self._autocast():
-            eps_hat = network(x_t, t.float(), mel)
-        return epsilon_loss(eps_hat, noise, self.config.diffusion.loss, std)  # fp32, outside autocast
-
     def _train_step(self, batch: dict[str, Any]) -> tuple[float, float, Tensor, Tensor] | None:
         """One optimizer step; returns (loss, grad norm, steps t, per-example losses) or None if skipped."""
         # The record_function labels name the phases in a profile (benchmarks/train_speed.py --profile).
@@ -315,10 +216,8 @@ class Trainer:
             mel = batch["mel"].to(self.device, non_blocking=True) if "mel" in batch else None
             t, noise = self._draws(batch["id"], audio.shape[1:])
             std = None if self.prior is None else self.prior.std(mel)
-            if std is not None:
-                noise = noise * std  # PriorGrad: the noise is drawn from N(0, Sigma), and predicted as drawn
         with record_function("train/forward"):
-            losses = self._losses(self.estimator, audio, mel, t, noise, std)
+            losses = self.objective.losses(self.estimator, audio, mel, t, noise, std, self._autocast)
         loss = losses.mean()
         with record_function("train/backward"):
             self.optimizer.zero_grad(set_to_none=True)
@@ -342,64 +241,23 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
         with record_function("train/ema"):
-            self._update_averages()
+            self.ema.update(self.model)
+            self.objective.after_step(self.model)
         return mean_loss, grad_norm.item(), t.detach(), losses.detach()
 
-    def _update_averages(self) -> None:
-        """After each optimizer step: the EMA weights (validation, export, shipping)."""
-        self.ema.update_parameters(self.model)
-        self.ema_update.updates += 1
-
-    def ema_network(self) -> NetworkCall:
-        """The EMA model as `_losses` calls a network (in eval mode)."""
-        return network_call(self.ema.module.eval())
-
-    # --- validation ----------------------------------------------------------------------------------
-    @torch.no_grad()
+    # --- validation (training.validation) ------------------------------------------------------------
     def validation_loss(self) -> float | None:
-        """The training loss of the EMA model on fixed crops, fixed steps and fixed noise (rank 0 only)."""
-        if not self.validation:
+        """The objective's loss of the EMA model on fixed crops, steps and noise (rank 0 only)."""
+        if self.validation is None:
             return None
-        batch = next(iter(DataLoader(self.validation, batch_size=min(len(self.validation), 16))))
-        audio = batch["audio"].to(self.device)
-        generator = torch.Generator(self.device).manual_seed(VALIDATION_SEED)
-        t = torch.randint(0, self.steps_drawn, (audio.shape[0],), generator=generator, device=self.device)
-        noise = torch.randn(audio.shape, generator=generator, device=self.device)
-        mel = batch["mel"].to(self.device) if "mel" in batch else None
-        std = None if self.prior is None else self.prior.std(mel)
-        if std is not None:
-            noise = noise * std
-        return self._losses(self.ema_network(), audio, mel, t, noise, std).mean().item()
+        return self.validation.loss(self.objective, self.ema.module, self.prior, self._autocast)
 
-    @torch.no_grad()
     def vocode_samples(self, monitor: Monitor) -> float | None:
-        """Vocode a few validation crops with the EMA model and `sample_plan`; log audio and mels."""
-        if not self.validation or self.config.train.num_samples == 0:
+        """Vocode a few validation crops with the EMA model and the objective's plan; log audio and mels."""
+        if self.validation is None:
             return None
-        count = min(self.config.train.num_samples, len(self.validation))
-        batch = next(iter(DataLoader(self.validation, batch_size=count)))
-        model = self.ema.module.eval()
-        mel = batch["mel"].to(self.device) if "mel" in batch else None
-        cond = None if mel is None else model.condition(mel)
-        plan = self.sample_plan()
-        audio = sample(plan, lambda x, t: model(x, t, cond), tuple(batch["audio"].shape),
-                       generator=torch.Generator(self.device).manual_seed(VALIDATION_SEED), device=self.device,
-                       clip=True, prior_std=None if self.prior is None else self.prior.std(mel))
-        rate = self.config.audio.sample_rate
-        for i in range(count):
-            monitor.audio(self.step, f"sample/{i}/generated", audio[i].cpu(), rate)
-        if mel is None:
-            return None
-        generated_mel = LogMel(self.config.audio).to(self.device)(audio)[..., : mel.shape[-1]]
-        for i in range(count):
-            monitor.audio(self.step, f"sample/{i}/reference", batch["audio"][i], rate)
-            monitor.mel_image(self.step, f"sample/{i}/mel_reference", mel[i].cpu())
-            monitor.mel_image(self.step, f"sample/{i}/mel_generated", generated_mel[i].cpu())
-        return (generated_mel - mel[..., : generated_mel.shape[-1]]).abs().mean().item()
-
-    def sample_plan(self) -> ReversePlan:
-        """The reverse plan of the validation samples: the fast schedule."""
-        return fast_schedule(self.schedule, self.config.diffusion.fast_schedule)
+        return self.validation.samples(self.ema.module, self.objective.sample_plan(), self.prior, monitor,
+                                       self.step)
 
     # --- the loop ------------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
