@@ -18,6 +18,7 @@ from diffwave.diffusion.reverse_plans import SAMPLERS
 from diffwave.diffusion.sampling import CORRECTOR_SNR
 from diffwave.errors import DiffwaveError
 from diffwave.inference.denoise import DEFAULT_TARGET_RMS
+from diffwave.inference.options import INITS, NOISE, SamplingOptions
 
 if TYPE_CHECKING:
     from diffwave.training.trainer import TrainResult
@@ -108,12 +109,11 @@ def _add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sampling options of vocode and generate: sampler, its steps or schedule, and the corrector."""
-    parser.add_argument("--sampler", choices=SAMPLERS,
-                        help="fast: DiffWave's short schedule (the default for diffusion models); ddim: --steps "
-                             "deterministic steps; ddpm: the full chain; consistency: --steps (1 or 2, default 2) "
-                             "student evaluations (the default, and the only sampler, for `diffwave distill` "
-                             "students)")
+    """The sampling options of vocode and generate (SamplingOptions' fields): the registry's samplers, their steps
+    or schedule, and the corrector."""
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS),
+                        help="; ".join(f"{name}: {entry.doc.replace('`steps`', '--steps')}"
+                                       for name, entry in SAMPLERS.items()))
     parser.add_argument("--steps", type=int, help="DDIM or consistency steps")
     parser.add_argument("--schedule", help="fast schedule: a preset (base, large) or comma-separated betas")
     parser.add_argument("--corrector-steps", type=int, default=0,
@@ -124,12 +124,25 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{CORRECTOR_SNR}, Song et al.'s)")
 
 
+def _sampling_options(args: argparse.Namespace) -> SamplingOptions:
+    """The SamplingOptions a command's flags ask for (--init and --start-step are vocode's only)."""
+    return SamplingOptions(sampler=args.sampler, steps=args.steps, schedule=_parse_schedule(args.schedule),
+                           corrector_steps=args.corrector_steps, corrector_snr=args.corrector_snr,
+                           init=getattr(args, "init", NOISE), start_step=getattr(args, "start_step", None))
+
+
 def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="mel files, audio files or folders")
     parser.add_argument("--checkpoint", help=f"{_CHECKPOINT_HELP} (default: the pretrained model shipped with the "
                                              "package; `diffwave pretrained` lists them)")
     parser.add_argument("-o", "--out", required=True, help=_OUT_HELP)
     _add_sampling_arguments(parser)
+    starts = (f"{name}: {doc.replace('start_step', '--start-step')}" for name, doc in INITS.items())
+    parser.add_argument("--init", choices=tuple(INITS), default=NOISE,
+                        help="where the chain starts: " + "; ".join(starts))
+    parser.add_argument("--start-step", type=int, metavar="K",
+                        help="with --init griffin-lim: refine through the plan's last K states (1 .. its length; "
+                             "K network passes)")
     _add_device_argument(parser)
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="auto (default): bf16 on CPUs with bf16 matrix units (AMX, AVX512-BF16), else fp32; "
@@ -162,10 +175,8 @@ def _vocode_command(args: argparse.Namespace) -> int | None:
         vocoder = Vocoder.from_pretrained(model.name, device=args.device, dtype=dtype)
     else:
         vocoder = Vocoder.from_checkpoint(args.checkpoint, device=args.device, dtype=dtype)
-    summary = vocode_files(vocoder, args.inputs, args.out, sampler=args.sampler, steps=args.steps,
-                           schedule=_parse_schedule(args.schedule), batch_size=args.batch_size, seed=args.seed,
-                           force=args.force, corrector_steps=args.corrector_steps,
-                           corrector_snr=args.corrector_snr)
+    summary = vocode_files(vocoder, args.inputs, args.out, _sampling_options(args), batch_size=args.batch_size,
+                           seed=args.seed, force=args.force)
     print(f"vocode: {summary.line()}; wavs in {args.out}")
     return 2 if summary.failures else None
 
@@ -193,9 +204,8 @@ def _generate_command(args: argparse.Namespace) -> None:
     model, config = load_unconditional(args.checkpoint, device=args.device)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
     start = time.perf_counter()
-    clips = generate(model, config, args.n, args.seconds, sampler=args.sampler, steps=args.steps,
-                     schedule=_parse_schedule(args.schedule), generator=generator, batch_size=args.batch_size,
-                     corrector_steps=args.corrector_steps, corrector_snr=args.corrector_snr)
+    clips = generate(model, config, args.n, args.seconds, _sampling_options(args), generator=generator,
+                     batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     paths = write_clips(clips, args.out, config.audio.sample_rate, force=args.force)
     audio_seconds = sum(clip.numel() for clip in clips) / config.audio.sample_rate

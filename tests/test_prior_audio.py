@@ -18,12 +18,14 @@ from diffwave.diffusion import ddim, fast_schedule
 from diffwave.errors import ConfigError
 from diffwave.inference import Vocoder
 from diffwave.inference.chunking import PositionalNoise
+from diffwave.inference.options import Sampling
 from diffwave.training.distributed import init_distributed
 from diffwave.training.run import train
 from diffwave.training.setup import prepare_run_dir
 from diffwave.training.trainer import Trainer
 from tests.analytic import GaussianNetwork, run_chain
 from tests.audio_fixtures import harmonic_tone
+from tests.test_vocoder import griffin_lim_chain
 
 RATE = 8000
 QUIET = ["train.log_every=100000", "train.valid_every=100000", "train.sample_every=100000",
@@ -187,11 +189,9 @@ def test_vocoder_reads_the_prior_from_the_checkpoint(priorgrad_vocoder, tiny_fea
     assert std.max() > 3 * std.min()
 
 
-@pytest.mark.parametrize("sampler", ["fast", "ddim"])
-def test_vocoder_chain_under_the_prior_follows_the_step_formulas(sampler):
-    """With a perfect network for Gaussian data under the prior S (tests.analytic), every step is affine: the
-    vocoder's output must equal the step formulas applied to the same positional draws, with x_T and every
-    fresh draw scaled by S, to fp32 rounding. Every step is noisy (fast; DDIM with eta = 1)."""
+def gaussian_priorgrad_vocoder() -> tuple[Vocoder, GaussianNetwork, torch.Tensor, torch.Tensor]:
+    """(vocoder, its perfect network for Gaussian data under the prior S, a mel of a loud and a quiet half, S of
+    that mel): the prior's range is the mel's own, so S varies across it."""
     tone = harmonic_tone(RATE, 0.3, f0=180.0)
     tone[len(tone) // 2:] *= 0.05
     standard = load_config("tiny")
@@ -202,19 +202,40 @@ def test_vocoder_chain_under_the_prior_follows_the_step_formulas(sampler):
     model = GaussianNetwork(config, std=0.2)
     vocoder = Vocoder(model, config, device="cpu")
     mel = vocoder.mel(tone, RATE)
-    frames, length = mel.shape[-1], mel.shape[-1] * vocoder.hop_length
     model.prior_std = std = vocoder.prior.std(mel).double()
+    return vocoder, model, mel, std
+
+
+@pytest.mark.parametrize("sampler", ["fast", "ddim"])
+def test_vocoder_chain_under_the_prior_follows_the_step_formulas(sampler):
+    """With a perfect network for Gaussian data under the prior S (tests.analytic), every step is affine: the
+    vocoder's output must equal the step formulas applied to the same positional draws, with x_T and every
+    fresh draw scaled by S, to fp32 rounding. Every step is noisy (fast; DDIM with eta = 1)."""
+    vocoder, model, mel, std = gaussian_priorgrad_vocoder()
+    frames, length = mel.shape[-1], mel.shape[-1] * vocoder.hop_length
     assert std.shape == (length,) and std.max() > 3 * std.min()
     plan = fast_schedule(vocoder.schedule, "base") if sampler == "fast" else ddim(vocoder.schedule, 8, eta=1.0)
     assert (plan.sigmas[1:] > 0).all()  # the last step (onto the data) may be noise-free
     with torch.inference_mode():
-        mine = vocoder._reverse_chain(plan, [mel], [PositionalNoise(9)], [(0, frames)])[0].double()
+        sampling = Sampling(plan, prior=vocoder.prior)
+        mine = vocoder._reverse_chain(sampling, [mel], [PositionalNoise(9)], [(0, frames)])[0].double()
         mean = model.mean_of(model.condition(mel.unsqueeze(0)))[0]
     draws = lambda i: PositionalNoise(9).fill(torch.empty(length), i, 0).double()  # noqa: E731
     expected = run_chain(plan, std * draws(len(plan)), draws, 0.2, mean, prior_std=std)
     torch.testing.assert_close(mine, expected, atol=1e-5, rtol=0)
     ignored = run_chain(plan, draws(len(plan)), draws, 0.2, mean)  # the same chain without the prior
     assert (mine - ignored).abs().max() > 1e-2
+
+
+def test_griffin_lim_start_under_the_prior_scales_its_noise_by_the_prior():
+    """x = sqrt(abar) x_GL + sqrt(1 - abar) S eps, then the last K states with every fresh draw scaled by S:
+    the vocoder's audio equals the step formulas (tests.test_vocoder.griffin_lim_chain) to fp32 rounding, and
+    not the same chain without the prior."""
+    vocoder, model, mel, std = gaussian_priorgrad_vocoder()
+    mine = vocoder.vocode(mel, init="griffin-lim", start_step=3, generator=torch.Generator().manual_seed(3),
+                         chunk_seconds=None).double()
+    torch.testing.assert_close(mine, griffin_lim_chain(vocoder, model, mel, 3, 3, prior_std=std), atol=1e-5, rtol=0)
+    assert (mine - griffin_lim_chain(vocoder, model, mel, 3, 3)).abs().max() > 1e-2
 
 
 def test_chunked_vocoding_under_the_prior_equals_unchunked(priorgrad_vocoder):
@@ -225,9 +246,9 @@ def test_chunked_vocoding_under_the_prior_equals_unchunked(priorgrad_vocoder):
     assert vocoder.model.reach * len(vocoder.plan()) < 4 * vocoder.hop_length
     mel = _mel(vocoder, 1.0)  # 125 frames -> 4 windows of 32 frames
     with torch.inference_mode():
-        whole = vocoder._prior_std([mel], [(0, mel.shape[-1])], mel.shape[-1] * 64)
+        whole = vocoder._prior_std(vocoder.prior, [mel], [(0, mel.shape[-1])], mel.shape[-1] * 64)
         for start, stop in ((0, 40), (24, 72), (88, 125)):
-            window = vocoder._prior_std([mel], [(start, stop)], (stop - start) * 64)
+            window = vocoder._prior_std(vocoder.prior, [mel], [(start, stop)], (stop - start) * 64)
             assert torch.equal(window[0], whole[0, start * 64:stop * 64])
     unchunked = vocoder.vocode(mel, generator=torch.Generator().manual_seed(6), chunk_seconds=None)
     chunked = vocoder.vocode(mel, generator=torch.Generator().manual_seed(6), chunk_seconds=0.256,

@@ -9,8 +9,9 @@ import pytest
 import torch
 from scipy import stats
 
+from diffwave.cli import build_parser
 from diffwave.diffusion import NoiseSchedule, ddim, fast_schedule, full_chain, sample
-from diffwave.diffusion.reverse_plans import ddim_steps
+from diffwave.diffusion.reverse_plans import SAMPLERS, ddim_steps, plan_for
 from diffwave.errors import ScheduleError
 from tests.analytic import GaussianMixture, alpha_bar_at, chain_law, gaussian
 
@@ -204,3 +205,14 @@ class TestDDIM:
 def test_x_T_of_the_wrong_shape_is_refused():
     with pytest.raises(ValueError, match="x_T has shape"):
         sample(full_chain(BASE), lambda x, t: x, (2, 8), x_T=torch.zeros(2, 9))
+
+
+def test_one_registry_drives_plan_for_and_the_cli_choices_and_help():
+    """Every registered sampler builds a plan through plan_for, and the CLI offers exactly those, with their
+    one-line docs as its help."""
+    assert all(len(plan_for(BASE, name)) > 0 for name in SAMPLERS)
+    vocode = build_parser()._subparsers._group_actions[0].choices["vocode"]
+    action = next(a for a in vocode._actions if "--sampler" in a.option_strings)
+    assert tuple(action.choices) == tuple(SAMPLERS) == ("fast", "ddim", "ddpm", "consistency")
+    for name, entry in SAMPLERS.items():
+        assert f"{name}: {entry.doc.replace('`steps`', '--steps')}" in action.help

@@ -12,14 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
+from diffwave import cli
 from diffwave.audio import num_frames
+from diffwave.audio.griffin_lim import GRIFFIN_LIM_ITERATIONS, griffin_lim
 from diffwave.checkpoints import FORMAT_VERSION, export_safetensors, load_checkpoint
 from diffwave.config import config_to_dict, load_config
+from diffwave.diffusion import ReversePlan
 from diffwave.errors import CheckpointError, DiffwaveError, VocodeError
 from diffwave.inference import Vocoder
-from diffwave.inference.chunking import PositionalNoise
+from diffwave.inference.chunking import PositionalNoise, draw_seed, utterance_seed
+from diffwave.inference.options import SamplingOptions, resolve
 from diffwave.model import DiffWave
 from diffwave.training.run import train
 from tests.analytic import GaussianNetwork, run_chain
@@ -141,10 +146,11 @@ def test_reverse_chain_lands_where_the_step_formulas_put_it(sampler: str) -> Non
     tone[len(tone) // 2:] *= 0.05  # a loud half and a quiet half: the conditioning, so the mean, varies
     mel = vocoder.mel(tone, RATE)
     frames, length = mel.shape[-1], mel.shape[-1] * vocoder.hop_length
-    plan = vocoder.plan(sampler)
+    sampling = vocoder.sampling(sampler=sampler)
+    plan = sampling.plan
     assert (plan.sigmas > 0).any() == (sampler == "fast")
     with torch.inference_mode():
-        mine = vocoder._reverse_chain(plan, [mel], [PositionalNoise(9)], [(0, frames)])[0].double()
+        mine = vocoder._reverse_chain(sampling, [mel], [PositionalNoise(9)], [(0, frames)])[0].double()
         mean = model.mean_of(model.condition(mel.unsqueeze(0)))[0]
     draws = positional_draws(9, length)
     expected = run_chain(plan, draws(len(plan)), draws, 0.2, mean)
@@ -203,7 +209,7 @@ def test_window_conditioning_equals_the_utterances(vocoder: Vocoder) -> None:
     with torch.inference_mode():
         whole = vocoder.model.condition(mel.unsqueeze(0))
         for start, stop in ((0, 12), (10, 21), (20, mel.shape[-1])):
-            window = vocoder._conditioning([mel], [(start, stop)], (stop - start) * hop)
+            window = vocoder._conditioning([mel], [(start, stop)], (stop - start) * hop, vocoder.dtype)
             torch.testing.assert_close(window, whole[..., start * hop:stop * hop], atol=1e-6, rtol=0)
 
 
@@ -321,3 +327,109 @@ def test_trained_model_resynthesises_better_than_an_untrained_one(vocoder: Vocod
         untrained_distance = log_mel_distance(
             untrained, untrained.resynthesize(reference, RATE, generator=seeded(0)), reference)
         assert trained_distance < 0.75 * untrained_distance, (f0, trained_distance, untrained_distance)
+
+
+# --- a Griffin-Lim start (issue 23: --init griffin-lim --start-step K) -----------------------------------
+def last_states(plan: ReversePlan, k: int) -> ReversePlan:
+    """The plan's last K states (indices 0..K-1), sliced here rather than by the package's starting_at."""
+    return ReversePlan("last", plan.alpha_bars[:k], plan.alpha_bars_prev[:k], plan.model_steps[:k],
+                       plan.sigmas[:k], plan.update)
+
+
+def griffin_lim_chain(vocoder: Vocoder, model: GaussianNetwork, mel: torch.Tensor, k: int, seed: int,
+                      prior_std: torch.Tensor | float = 1.0, estimate: torch.Tensor | None = None) -> torch.Tensor:
+    """What `vocode(mel, init="griffin-lim", start_step=k, generator=seeded(seed), chunk_seconds=None)` must
+    give for a perfect network, computed independently: the utterance's seed from the generator and the mel,
+    its Griffin-Lim estimate (`estimate` replaces it, for controls), x = sqrt(abar) x_GL + sqrt(1 - abar) S eps
+    at the plan's state K - 1 (eps: the draw a K-step chain takes for its start), then the step formulas."""
+    utterance = utterance_seed(draw_seed(seeded(seed)), mel)
+    length = mel.shape[-1] * vocoder.hop_length
+    draws = positional_draws(utterance, length)
+    if estimate is None:
+        estimate = griffin_lim(mel, vocoder.config.audio, GRIFFIN_LIM_ITERATIONS, seed=utterance)
+    plan = last_states(vocoder.plan(), k)
+    alpha_bar = plan.alpha_bars[-1].item()
+    start = alpha_bar**0.5 * estimate.double() + (1 - alpha_bar) ** 0.5 * prior_std * draws(k)
+    with torch.inference_mode():
+        mean = model.mean_of(model.condition(mel.unsqueeze(0)))[0]
+    return run_chain(plan, start, draws, 0.2, mean, prior_std).clamp(-1.0, 1.0)
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_griffin_lim_start_refines_the_estimate_through_the_last_k_states(k: int) -> None:
+    """With a perfect network for Gaussian data (tests.analytic), the chain from a Griffin-Lim start is affine:
+    the vocoder's audio must equal the step formulas applied to the noised estimate, to fp32 rounding; the
+    controls show that the check sees the estimate, the state it enters at and the noise of that state."""
+    config = load_config("tiny")
+    torch.manual_seed(0)
+    model = GaussianNetwork(config, std=0.2)
+    vocoder = Vocoder(model, config, device="cpu")
+    tone = harmonic_tone(RATE, 0.3, f0=180.0)
+    tone[len(tone) // 2:] *= 0.05
+    mel = vocoder.mel(tone, RATE)
+    assert len(vocoder.plan()) == 6
+    mine = vocoder.vocode(mel, init="griffin-lim", start_step=k, generator=seeded(3), chunk_seconds=None).double()
+    expected = griffin_lim_chain(vocoder, model, mel, k, 3)
+    assert mine.abs().max() > 0.1
+    torch.testing.assert_close(mine, expected, atol=1e-5, rtol=0)
+    from_noise = vocoder.vocode(mel, generator=seeded(3), chunk_seconds=None).double()
+    assert (from_noise - mine).abs().max() > 1e-2
+    without_estimate = griffin_lim_chain(vocoder, model, mel, k, 3, estimate=torch.zeros(len(mine)))
+    assert (without_estimate - mine).abs().max() > 1e-3  # 100 x the tolerance; the full chain forgets most of it
+    if k < 6:  # entering one state higher is another chain
+        assert (griffin_lim_chain(vocoder, model, mel, k + 1, 3) - mine).abs().max() > 1e-2
+
+
+def test_griffin_lim_start_is_batch_independent_and_chunks_like_the_whole(vocoder: Vocoder) -> None:
+    """The estimate is made once per utterance and sliced per window, and its noise is positional: chunked
+    output equals unchunked output (the tiny model's reach over 2 steps lies well inside the context), and an
+    utterance in a batch sounds as it does alone."""
+    long, short = tone_mel(vocoder, 1.0, f0=240, seed=2), tone_mel(vocoder, 0.5, f0=150, seed=1)[:, :37]
+    options = dict(init="griffin-lim", start_step=2)
+    whole = vocoder.vocode(long, generator=seeded(6), chunk_seconds=None, **options)
+    chunked = vocoder.vocode(long, generator=seeded(6), chunk_seconds=0.256, overlap_seconds=0.064, **options)
+    assert whole.abs().max() > 0.1
+    torch.testing.assert_close(chunked, whole, atol=EXACT_ATOL["fp32"], rtol=0)
+    hard_cuts = vocoder.vocode(long, generator=seeded(6), chunk_seconds=0.256, overlap_seconds=0.0, **options)
+    assert (hard_cuts - whole).abs().max() > 1e-3  # without context the seams show: the check can fail
+    batch = torch.full((2, vocoder.n_mels, long.shape[-1]), 3.0)
+    batch[0], batch[1, :, :37] = long, short
+    together = vocoder.vocode(batch, lengths=[long.shape[-1], 37], generator=seeded(6), chunk_seconds=0.256,
+                              overlap_seconds=0.064, **options)
+    torch.testing.assert_close(together[0], chunked, atol=EXACT_ATOL["fp32"], rtol=0)
+    alone = vocoder.vocode(short, generator=seeded(6), chunk_seconds=0.256, overlap_seconds=0.064, **options)
+    torch.testing.assert_close(together[1], alone, atol=EXACT_ATOL["fp32"], rtol=0)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (dict(init="griffin-lim"), "init 'griffin-lim' needs start_step K"),
+    (dict(init="griffin-lim", start_step=0), "start_step must be a whole number in 1..6"),
+    (dict(init="griffin-lim", start_step=7), "start_step must be a whole number in 1..6"),
+    (dict(init="griffin-lim", sampler="ddim", steps=4, start_step=5), "start_step must be a whole number in 1..4"),
+    (dict(start_step=2), "start_step applies to init 'griffin-lim' only"),
+    (dict(init="sdedit"), "unknown init 'sdedit'"),
+])
+def test_bad_start_options_are_refused_before_any_work(vocoder: Vocoder, options: dict, message: str) -> None:
+    with pytest.raises(VocodeError, match=re.escape(message)):
+        vocoder.vocode(torch.zeros(3, 5), **options)  # a bad mel too: never reached
+
+
+def test_cli_griffin_lim_start(checkpoint: Path, vocoder: Vocoder, tmp_path: Path, capsys) -> None:
+    """The flags reach the vocoder (same audio as the API) and a bad K is one clear line, exit code 2."""
+    mel = tone_mel(vocoder, 0.3)
+    np.save(tmp_path / "a.npy", mel.numpy())
+    common = ["vocode", str(tmp_path / "a.npy"), "--checkpoint", str(checkpoint), "--device", "cpu", "--dtype",
+              "fp32", "--init", "griffin-lim"]
+    assert cli.main([*common, "--start-step", "2", "-o", str(tmp_path / "out.wav")]) == 0
+    written, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    api = vocoder.vocode(mel, init="griffin-lim", start_step=2, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(written, api.numpy(), atol=1 / 2**15, rtol=0)
+    assert cli.main([*common, "--start-step", "9", "-o", str(tmp_path / "bad.wav")]) == 2
+    assert "start_step must be a whole number in 1..6" in capsys.readouterr().err
+    assert not (tmp_path / "bad.wav").exists()
+
+
+def test_generate_refuses_a_griffin_lim_start() -> None:
+    config = load_config("tiny", ["model.conditional=false"])
+    with pytest.raises(DiffwaveError, match="needs a conditional"):
+        resolve(SamplingOptions(init="griffin-lim", start_step=1), config)

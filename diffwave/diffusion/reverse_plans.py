@@ -9,7 +9,7 @@ Index i = 0 is the step that lands on the data; the loop runs i = S-1 down to 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -157,32 +157,60 @@ def consistency(schedule: NoiseSchedule, steps: int | Sequence[int]) -> ReverseP
     return replace(plan, name=f"consistency-{len(plan)}", sigmas=(1 - plan.alpha_bars_prev).sqrt())
 
 
-SAMPLERS = ("fast", "ddim", "ddpm", "consistency")
 DDIM_DEFAULT_STEPS = 12  # between the 6-step fast schedule and the full chain (capped at T)
 CONSISTENCY_DEFAULT_STEPS = 2  # a distilled student's usual budget (Song et al. 2023: 1 or 2)
+
+# build(schedule, steps or None, fast betas or a preset): the plan, each constructor filling in its own defaults.
+PlanBuilder = Callable[[NoiseSchedule, int | None, Sequence[float] | str], ReversePlan]
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One entry of the registry: how to build the plan, one line saying what it is (for --help), and which of
+    the options `steps` and `schedule` it takes (the others are refused, not ignored)."""
+
+    build: PlanBuilder
+    doc: str
+    takes_steps: bool = False
+    takes_schedule: bool = False
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "fast": Sampler(lambda schedule, steps, betas: fast_schedule(schedule, betas),
+                    "DiffWave's short schedule (a preset such as base, or a list of betas), the default for "
+                    "diffusion models", takes_schedule=True),
+    "ddim": Sampler(lambda schedule, steps, betas: ddim(schedule, min(DDIM_DEFAULT_STEPS, schedule.num_steps)
+                                                       if steps is None else steps),
+                    f"deterministic DDIM in `steps` steps (default {DDIM_DEFAULT_STEPS}, capped at T)",
+                    takes_steps=True),
+    "ddpm": Sampler(lambda schedule, steps, betas: full_chain(schedule), "the full T-step chain"),
+    "consistency": Sampler(lambda schedule, steps, betas: consistency(schedule, CONSISTENCY_DEFAULT_STEPS
+                                                                      if steps is None else steps),
+                           f"`steps` student evaluations (1 or 2, default {CONSISTENCY_DEFAULT_STEPS}): the default, "
+                           "and the only sampler, for students of `diffwave distill`", takes_steps=True),
+}
+
+
+def _which(flag: str) -> str:
+    """'the fast sampler' or 'the ddim and consistency samplers': the registry's samplers with `flag` set."""
+    names = [name for name, entry in SAMPLERS.items() if getattr(entry, flag)]
+    return f"the {' and '.join(names)} sampler{'s' if len(names) > 1 else ''}"
 
 
 def plan_for(schedule: NoiseSchedule, sampler: str, *, steps: int | None = None,
              fast_betas: Sequence[float] | str | None = None,
              default_fast: Sequence[float] | str = "base") -> ReversePlan:
-    """The plan a user names: "fast" (betas or a preset; default `default_fast`), "ddim" (`steps`,
-    default 12 capped at T), "ddpm" (the full chain) or "consistency" (`steps`, default 2; for distilled
-    students). Options that do not apply are refused, not ignored.
-    """
-    if sampler not in SAMPLERS:
+    """The plan a user names, built by its entry in SAMPLERS ("fast": `fast_betas`, default `default_fast`).
+    Options that do not apply to the sampler are refused, not ignored."""
+    entry = SAMPLERS.get(sampler)
+    if entry is None:
         raise ScheduleError(f"unknown sampler '{sampler}', expected one of {', '.join(SAMPLERS)}")
-    if fast_betas is not None and sampler != "fast":
-        raise ScheduleError(f"a schedule applies to the fast sampler only, not to '{sampler}'")
-    if steps is not None and sampler not in ("ddim", "consistency"):
-        raise ScheduleError(f"steps applies to the ddim and consistency samplers only (sampler '{sampler}' fixes "
-                            "its own steps)")
-    if sampler == "fast":
-        return fast_schedule(schedule, default_fast if fast_betas is None else fast_betas)
-    if sampler == "ddim":
-        return ddim(schedule, min(DDIM_DEFAULT_STEPS, schedule.num_steps) if steps is None else steps)
-    if sampler == "consistency":
-        return consistency(schedule, CONSISTENCY_DEFAULT_STEPS if steps is None else steps)
-    return full_chain(schedule)
+    if fast_betas is not None and not entry.takes_schedule:
+        raise ScheduleError(f"a schedule applies to {_which('takes_schedule')} only, not to '{sampler}'")
+    if steps is not None and not entry.takes_steps:
+        raise ScheduleError(f"steps applies to {_which('takes_steps')} only (sampler '{sampler}' fixes its own "
+                            "steps)")
+    return entry.build(schedule, steps, default_fast if fast_betas is None else fast_betas)
 
 
 def starting_at(plan: ReversePlan, t_start: int) -> ReversePlan:

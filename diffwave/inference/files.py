@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -20,9 +21,9 @@ from tqdm import tqdm
 from diffwave.audio import read_audio, write_audio
 from diffwave.config import Config
 from diffwave.data.corpus import AUDIO_SUFFIXES
-from diffwave.diffusion.sampling import CORRECTOR_SNR
 from diffwave.errors import DiffwaveError, VocodeError
 from diffwave.inference.denoise import denoise
+from diffwave.inference.options import Sampling, SamplingOptions
 from diffwave.inference.vocoder import Vocoder
 from diffwave.model import DiffWave
 
@@ -147,16 +148,14 @@ def _batches(items: list[tuple[Path, Path, torch.Tensor]], size: int) -> Iterato
         yield items[start:start + size]
 
 
-def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out: str | Path, *, sampler: str | None = None,
-                 steps: int | None = None, schedule: str | list[float] | None = None, batch_size: int = 1,
-                 seed: int = 0, force: bool = False, corrector_steps: int = 0,
-                 corrector_snr: float = CORRECTOR_SNR) -> RunSummary:
+def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out: str | Path,
+                 options: SamplingOptions | None = None, *, batch_size: int = 1, seed: int = 0, force: bool = False,
+                 **sampling: Any) -> RunSummary:
     """Vocode every input into OUT/<name>.wav (see `output_targets`: OUT may be one .wav file for one input);
-    bad inputs are listed in the summary's failures. The sampling options are `Vocoder.vocode`'s."""
-    # Bad options are one error for the run, not one per file.
-    vocoder.plan(sampler, steps, schedule, corrector_steps, corrector_snr)
-    options = {"sampler": sampler, "steps": steps, "schedule": schedule, "corrector_steps": corrector_steps,
-               "corrector_snr": corrector_snr}
+    bad inputs are listed in the summary's failures. The sampling options (`options` and/or SamplingOptions'
+    fields as keywords) are `Vocoder.vocode`'s, resolved once for the run: bad ones are one error, not one per
+    file."""
+    resolved = vocoder.sampling(options, **sampling)
     pairs, resolved_inputs = _run_inputs(inputs, out, MEL_SUFFIXES + AUDIO_SUFFIXES, "mel (.npy, .pt) or audio files")
     summary = RunSummary()
     ready: list[tuple[Path, Path, torch.Tensor]] = []
@@ -172,7 +171,7 @@ def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out: str | Path
     progress = tqdm(total=len(ready), desc="vocode", unit="file", disable=None)
     for batch in _batches(ready, batch_size):
         try:
-            audio = _vocode_batch(vocoder, [mel for _, _, mel in batch], seed, options)
+            audio = _vocode_batch(vocoder, [mel for _, _, mel in batch], seed, resolved)
         except DiffwaveError as error:  # inputs were checked one by one; what is left fails the whole batch
             for path, _, _ in batch:
                 logger.error("%s: %s", path, error)
@@ -189,15 +188,15 @@ def vocode_files(vocoder: Vocoder, inputs: Sequence[str | Path], out: str | Path
     return summary
 
 
-def _vocode_batch(vocoder: Vocoder, mels: list[torch.Tensor], seed: int, options: dict) -> list[torch.Tensor]:
+def _vocode_batch(vocoder: Vocoder, mels: list[torch.Tensor], seed: int, sampling: Sampling) -> list[torch.Tensor]:
     generator = torch.Generator(vocoder.device).manual_seed(seed)
     if len(mels) == 1:
-        return [vocoder.vocode(mels[0], generator=generator, **options)]
+        return [vocoder.vocode(mels[0], sampling, generator=generator)]
     lengths = [mel.shape[-1] for mel in mels]
     padded = torch.zeros(len(mels), mels[0].shape[0], max(lengths))
     for i, mel in enumerate(mels):
         padded[i, :, : mel.shape[-1]] = mel
-    return vocoder.vocode(padded, generator=generator, lengths=lengths, **options)
+    return vocoder.vocode(padded, sampling, generator=generator, lengths=lengths)
 
 
 def _read_at_own_rate(path: Path, fallback_rate: int) -> tuple[torch.Tensor, int]:

@@ -4,30 +4,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from diffwave.audio import write_audio
 from diffwave.config import Config, trained_steps
-from diffwave.diffusion import NoiseSchedule, sample
-from diffwave.diffusion.reverse_plans import plan_for
-from diffwave.diffusion.sampling import CORRECTOR_SNR
+from diffwave.diffusion import sample
 from diffwave.errors import DiffwaveError
 from diffwave.inference.files import output_targets
-from diffwave.inference.options import sampler_for
-from diffwave.inference.precision import autocast, resolve_dtype
+from diffwave.inference.options import SamplingOptions, options_from, resolve
+from diffwave.inference.precision import autocast
 from diffwave.model import DiffWave
 
 
-def generate(model: DiffWave, config: Config, count: int, seconds: float, *, sampler: str | None = None,
-             steps: int | None = None, schedule: str | list[float] | None = None,
-             generator: torch.Generator | None = None, batch_size: int = 8,
-             dtype: torch.dtype | str | None = None, corrector_steps: int = 0,
-             corrector_snr: float = CORRECTOR_SNR) -> list[Tensor]:
-    """`count` clips of `seconds` each, as CPU float32 tensors in [-1, 1], in batches of `batch_size`; the
-    network in `dtype` (None: fp32; "auto", "bf16", ...: see inference/precision.py), the chain in fp32;
-    `corrector_steps` Langevin steps per noisy state (predictor-corrector, see diffusion/sampling.py)."""
+def generate(model: DiffWave, config: Config, count: int, seconds: float, options: SamplingOptions | None = None,
+             *, generator: torch.Generator | None = None, batch_size: int = 8, **sampling: Any) -> list[Tensor]:
+    """`count` clips of `seconds` each, as CPU float32 tensors in [-1, 1], in batches of `batch_size`. The sampling
+    options (`options` and/or SamplingOptions' fields as keywords: sampler, steps, schedule, corrector_steps and
+    corrector_snr, dtype) are resolved once: the network in `dtype` (None: fp32; "auto", "bf16", ...: see
+    inference/precision.py), the chain in fp32."""
     if model.conditional:
         raise DiffwaveError("generate needs an unconditional model; this one is conditioned on mels")
     if trained_steps(config) < config.diffusion.num_steps:
@@ -36,12 +33,10 @@ def generate(model: DiffWave, config: Config, count: int, seconds: float, *, sam
                             "start from pure noise; use it with denoise")
     if count < 1 or seconds <= 0 or batch_size < 1:
         raise DiffwaveError(f"need count >= 1, seconds > 0 and batch_size >= 1, got {count}, {seconds}, {batch_size}")
-    sampler = sampler_for(config, sampler, corrector_steps=corrector_steps)
-    plan = plan_for(NoiseSchedule.from_config(config.diffusion), sampler, steps=steps, fast_betas=schedule,
-                    default_fast=config.diffusion.fast_schedule)
-    length = max(1, round(seconds * config.audio.sample_rate))
     device = next(model.parameters()).device
-    precision = resolve_dtype(dtype, device)
+    resolved = resolve(options_from(options, sampling), config, device=device)
+    plan, precision = resolved.plan, resolved.dtype
+    length = max(1, round(seconds * config.audio.sample_rate))
 
     def eps_fn(x: Tensor, t: Tensor) -> Tensor:
         with autocast(device, precision):
@@ -52,7 +47,7 @@ def generate(model: DiffWave, config: Config, count: int, seconds: float, *, sam
         for start in range(0, count, batch_size):
             batch = min(batch_size, count - start)
             audio = sample(plan, eps_fn, (batch, length), generator=generator, device=device, clip=True,
-                           corrector_steps=corrector_steps, corrector_snr=corrector_snr)
+                           corrector_steps=resolved.corrector.steps, corrector_snr=resolved.corrector.snr)
             clips.extend(audio.float().cpu().clone())
     return clips
 

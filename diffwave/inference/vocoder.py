@@ -17,8 +17,9 @@ per window from the window's own mel frames; being per frame, they equal the who
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,13 +28,13 @@ import torchaudio.functional as AF
 from torch import Tensor
 
 from diffwave.audio import LogMel, as_mono
+from diffwave.audio.griffin_lim import GRIFFIN_LIM_ITERATIONS, griffin_lim
 from diffwave.audio.io import is_channels_last
 from diffwave.audio.prior import EnergyPrior
 from diffwave.checkpoints import load_model
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, ReversePlan
-from diffwave.diffusion.reverse_plans import plan_for
-from diffwave.diffusion.sampling import CORRECTOR_SNR, check_corrector, sample
+from diffwave.diffusion.sampling import sample
 from diffwave.errors import VocodeError
 from diffwave.inference.chunking import (
     CHUNK_SECONDS,
@@ -44,7 +45,7 @@ from diffwave.inference.chunking import (
     overlap_add,
     utterance_seed,
 )
-from diffwave.inference.options import sampler_for
+from diffwave.inference.options import GRIFFIN_LIM, Sampling, SamplingOptions, options_from, resolve
 from diffwave.inference.precision import autocast, resolve_dtype
 from diffwave.model import DiffWave
 
@@ -134,49 +135,48 @@ class Vocoder:
         """Copy synthesis: the checkpoint's mel of `audio`, vocoded; the output is at `self.sample_rate`."""
         return self.vocode(self.mel(audio, sample_rate), **vocode_kwargs)
 
-    def vocode(self, mel: Tensor | np.ndarray, sampler: str | None = None, steps: int | None = None,
-               schedule: str | Sequence[float] | None = None, generator: torch.Generator | None = None,
-               lengths: Sequence[int] | Tensor | None = None, chunk_seconds: float | None = CHUNK_SECONDS,
-               overlap_seconds: float = OVERLAP_SECONDS, corrector_steps: int = 0,
-               corrector_snr: float = CORRECTOR_SNR) -> Tensor | list[Tensor]:
+    def vocode(self, mel: Tensor | np.ndarray, options: SamplingOptions | Sampling | None = None, *,
+               generator: torch.Generator | None = None, lengths: Sequence[int] | Tensor | None = None,
+               chunk_seconds: float | None = CHUNK_SECONDS, overlap_seconds: float = OVERLAP_SECONDS,
+               **sampling: Any) -> Tensor | list[Tensor]:
         """Audio for mel [n_mels, F] (-> [F * hop]) or a padded batch [B, n_mels, F] (-> list of B tensors,
         item i trimmed to lengths[i] * hop); CPU float32 in [-1, 1].
 
-        Samplers (None: "consistency" for a distilled student, else "fast"): "fast" is DiffWave's short
-        schedule (`schedule`: a preset name such as "base" or a list of betas; default the checkpoint's
-        diffusion.fast_schedule); "ddim" is deterministic DDIM with `steps` (default 12, capped at T; on a
-        small trained model its quality was flat from 8 to 50 steps and worse at 4, so 12 leaves a margin for
-        stronger models at twice the fast schedule's cost); "ddpm" is the full T-step chain; "consistency"
-        (students of `diffwave distill` only, and only it for them) maps noise to audio in `steps` (default 2)
-        student evaluations.
+        Sampling: `options` (SamplingOptions, or a `Sampling` this vocoder resolved already) and/or its fields
+        as keywords (`sampler="ddim", steps=12`, `init="griffin-lim", start_step=2`, ...; see
+        inference/options.py): the samplers are the registry's (diffusion.reverse_plans.SAMPLERS; None:
+        "consistency" for a distilled student, else "fast" with the checkpoint's diffusion.fast_schedule).
 
-        Predictor-corrector: `corrector_steps` K > 0 adds K Langevin steps at every noisy state the sampler
-        lands on (diffusion/sampling.py; `corrector_snr` sets their size), K more network passes per state. Their
-        step size comes from norms over each window of each utterance, so a corrected utterance is still
-        independent of its batch, but chunked output no longer matches unchunked output (each window's norms
-        differ); the cross-fade still joins the windows.
+        Predictor-corrector: `corrector_steps` K > 0 adds K Langevin steps at every noisy state the sampler lands
+        on, K more network passes per state. Their step size comes from norms over each window of each
+        utterance, so a corrected utterance is still independent of its batch, but chunked output no longer
+        matches unchunked output (each window's norms differ); the cross-fade still joins the windows.
+
+        Griffin-Lim start (`init="griffin-lim", start_step=K`): each utterance's Griffin-Lim estimate x_GL
+        (audio.griffin_lim, 100 iterations) enters the plan at its state K - 1 as
+        x = sqrt(abar) x_GL + sqrt(1 - abar) S eps (S: the prior's standard deviations, 1 without one), and the
+        last K states of the plan refine it: K network passes.
 
         Randomness: one base seed is drawn from `generator` (torch's global generator when None), and each
         utterance's noise is seeded by that base seed and its own mel values, per block of absolute sample
-        positions. The same generator state gives the same audio, whatever the batch or the chunking.
+        positions (Griffin-Lim's initial phase too). The same generator state gives the same audio, whatever
+        the batch or the chunking.
 
         Long inputs: windows of `chunk_seconds` plus `overlap_seconds` of context on each side, cross-faded
-        over `overlap_seconds` (`chunk_seconds=None`: one window). The defaults (3 s, 0.3 s) bound the BASE
-        model's cached conditioning to about 1.2 GB in fp32 at 22.05 kHz (0.6 GB in bf16), at 20% extra
-        compute (5 s windows: 1.9 GB, 12%), so a process vocoding any length peaks at about 2.3 GB in fp32
-        (benchmarks/inference_speed.py, memory rows). A window edge disturbs the audio within about 1.6
-        receptive fields of one forward pass (BASE: +-3069 samples, 0.14 s) by more than 1e-4, not the chain's
-        S-fold reach; every cross-faded sample has at least 0.15 s (3307 samples) of context in both windows.
-        On a CPU the window's conditioning lives in one buffer that the vocoder keeps for its next window and
-        call.
+        over `overlap_seconds` (`chunk_seconds=None`: one window), which bounds the cached conditioning's
+        memory (benchmarks/inference_speed.py, memory rows). A window edge disturbs the audio within about 1.6
+        receptive fields of one forward pass, not the chain's S-fold reach; every cross-faded sample has at
+        least `overlap_seconds` / 2 of context in both windows. A Griffin-Lim start is made once per utterance
+        and sliced per window. On a CPU the window's conditioning lives in one buffer that the vocoder keeps for
+        its next window and call.
         """
-        plan = self.plan(sampler, steps, schedule, corrector_steps, corrector_snr)
+        resolved = self.sampling(options, **sampling)
         layout = ChunkLayout.from_seconds(chunk_seconds, overlap_seconds, self.sample_rate / self.hop_length)
         with torch.inference_mode():
             mels, batched = self._validated_mels(mel, lengths)
             base_seed = draw_seed(generator)
             noises = [PositionalNoise(utterance_seed(base_seed, item)) for item in mels]
-            audio = self._synthesise(plan, mels, noises, layout, (corrector_steps, corrector_snr))
+            audio = self._synthesise(resolved, mels, noises, layout)
         audio = [item.clone() for item in audio]  # ordinary tensors, as in `mel`
         if self.device.type != "cpu":
             self._buffer = torch.empty(0)  # keeping it pays on a CPU (page faults); on a GPU it would pin memory
@@ -190,17 +190,22 @@ class Vocoder:
             raise VocodeError(f"{what} must have shape [n_mels, frames], got {tuple(mel.shape)}")
         self._validated_mels(mel, None, what)
 
+    def sampling(self, options: SamplingOptions | Sampling | None = None, **overrides: Any) -> Sampling:
+        """The options `vocode` runs (`options` with keyword `overrides` of SamplingOptions' fields), resolved
+        against this model once: refused here, before any work, when they do not fit it (inference/options.py);
+        a `Sampling` is returned as it is."""
+        if isinstance(options, Sampling):
+            if overrides:
+                raise TypeError("a resolved Sampling takes no overrides; pass SamplingOptions instead")
+            return options
+        return resolve(options_from(options, overrides), self._config, device=self.device, default_dtype=self.dtype,
+                       prior=self.prior, error=VocodeError)
+
     def plan(self, sampler: str | None = None, steps: int | None = None,
-             schedule: str | Sequence[float] | None = None, corrector_steps: int = 0,
-             corrector_snr: float = CORRECTOR_SNR) -> ReversePlan:
-        """The reverse plan `vocode` runs for these options; refused here, before any work, when they are
-        invalid (unknown sampler, a fast schedule outside the training range, a sampler that does not fit the
-        model: a consistency student's output is an x_0 map, not a noise estimate, and vice versa; corrector
-        settings out of range, or any for a student)."""
-        check_corrector(corrector_steps, corrector_snr)
-        sampler = sampler_for(self._config, sampler, VocodeError, corrector_steps)
-        return plan_for(self.schedule, sampler, steps=steps, fast_betas=schedule,
-                        default_fast=self._config.diffusion.fast_schedule)
+             schedule: str | Sequence[float] | None = None, **options: Any) -> ReversePlan:
+        """The reverse plan `vocode` runs for these options (SamplingOptions' fields), checked as `sampling`
+        checks them."""
+        return self.sampling(sampler=sampler, steps=steps, schedule=schedule, **options).plan
 
     # --- inputs ---------------------------------------------------------------------------------------
     def _validated_mels(self, mel: Tensor | np.ndarray, lengths: Sequence[int] | Tensor | None,
@@ -256,28 +261,33 @@ class Vocoder:
                               "mels nor decibels")
 
     # --- synthesis ------------------------------------------------------------------------------------
-    def _synthesise(self, plan: ReversePlan, mels: list[Tensor], noises: list[PositionalNoise],
-                    layout: ChunkLayout, corrector: tuple[int, float] = (0, CORRECTOR_SNR)) -> list[Tensor]:
+    def _synthesise(self, sampling: Sampling, mels: list[Tensor], noises: list[PositionalNoise],
+                    layout: ChunkLayout) -> list[Tensor]:
         """Window by window (chunk-major), all utterances that reach window k in one padded batch."""
+        starts = None
+        if sampling.init == GRIFFIN_LIM:  # one estimate per utterance, sliced per window
+            starts = [griffin_lim(item, self._config.audio, GRIFFIN_LIM_ITERATIONS, seed=noise.seed)
+                      for item, noise in zip(mels, noises, strict=True)]
+
         def run(active: list[int], spans: list[tuple[int, int]]) -> Tensor:
-            return self._reverse_chain(plan, [mels[i] for i in active], [noises[i] for i in active], spans,
-                                       corrector)
+            return self._reverse_chain(sampling, [mels[i] for i in active], [noises[i] for i in active], spans,
+                                       None if starts is None else [starts[i] for i in active])
 
         outputs = overlap_add(layout, [item.shape[-1] for item in mels], self.hop_length, run)
         return [output.clamp_(-1.0, 1.0) for output in outputs]
 
-    def _reverse_chain(self, plan: ReversePlan, mels: list[Tensor], noises: list[PositionalNoise],
-                       spans: list[tuple[int, int]], corrector: tuple[int, float] = (0, CORRECTOR_SNR)) -> Tensor:
-        """Run the whole chain on one window of each utterance (all share the window's start); CPU [n, N].
-        `corrector` is (corrector_steps, corrector_snr) for `sample`.
+    def _reverse_chain(self, sampling: Sampling, mels: list[Tensor], noises: list[PositionalNoise],
+                       spans: list[tuple[int, int]], starts: list[Tensor] | None = None) -> Tensor:
+        """Run the chain of `sampling` on one window of each utterance (all share the window's start); CPU [n, N].
+        `starts`: each utterance's whole Griffin-Lim estimate when the chain starts from one.
 
         The chain stays in float32 whatever the model's precision (`sample` keeps x in its dtype)."""
-        hop = self.hop_length
+        hop, plan = self.hop_length, sampling.plan
         offset = spans[0][0] * hop
         lengths = [(stop - start) * hop for start, stop in spans]
         width = max(lengths)
-        with self._autocast():
-            cond = self._conditioning(mels, spans, width)
+        with self._autocast(sampling.dtype):
+            cond = self._conditioning(mels, spans, width, sampling.dtype)
         mask = None
         if min(lengths) < width:
             mask = torch.arange(width, device=self.device) < torch.tensor(lengths, device=self.device)[:, None]
@@ -290,33 +300,49 @@ class Vocoder:
             return noise_on_device.copy_(noise)
 
         def eps_fn(x: Tensor, t: Tensor) -> Tensor:
-            with self._autocast():
+            with self._autocast(sampling.dtype):
                 return self.model(x, t, cond, mask)
 
-        x = sample(plan, eps_fn, (len(spans), width), device=self.device, noise_fn=draw,
-                   prior_std=self._prior_std(mels, spans, width), mask=mask, corrector_steps=corrector[0],
-                   corrector_snr=corrector[1])
+        prior_std = self._prior_std(sampling.prior, mels, spans, width)
+        x_start = None if starts is None else self._noised_start(plan, starts, lengths, offset, draw, prior_std)
+        x = sample(plan, eps_fn, (len(spans), width), device=self.device, noise_fn=draw, x_T=x_start,
+                   prior_std=prior_std, mask=mask, corrector_steps=sampling.corrector.steps,
+                   corrector_snr=sampling.corrector.snr)
         return x.cpu()
 
-    def _prior_std(self, mels: list[Tensor], spans: list[tuple[int, int]], width: int) -> Tensor | None:
-        """[n, width] PriorGrad standard deviations of each window from its own mel frames (per frame, so a
+    def _noised_start(self, plan: ReversePlan, starts: list[Tensor], lengths: list[int], offset: int,
+                      draw: Callable[[int], Tensor], prior_std: Tensor | None) -> Tensor:
+        """[n, width] x = sqrt(abar) x_GL + sqrt(1 - abar) S eps at the plan's first (noisiest) state: each row's
+        window of its estimate, and the noise the chain would draw for x_T (index len(plan)); zero padding."""
+        estimate = torch.zeros(len(lengths), max(lengths), device=self.device)
+        for row, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+            estimate[row, :length] = start[offset:offset + length].to(self.device)
+        alpha_bar = plan.alpha_bars[-1].item()
+        noise = draw(len(plan))
+        return estimate.mul_(math.sqrt(alpha_bar)).add_(noise if prior_std is None else noise * prior_std,
+                                                        alpha=math.sqrt(1 - alpha_bar))
+
+    def _prior_std(self, prior: EnergyPrior | None, mels: list[Tensor], spans: list[tuple[int, int]],
+                   width: int) -> Tensor | None:
+        """[n, width] standard deviations of `prior` for each window from its own mel frames (per frame, so a
         window's equal the slice of the whole utterance's); 1 in the padding, which the mask hides."""
-        if self.prior is None:
+        if prior is None:
             return None
         std = torch.ones(len(mels), width, device=self.device)
         for row, (mel, (start, stop)) in enumerate(zip(mels, spans, strict=True)):
-            window = self.prior.std(mel[:, start:stop])
+            window = prior.std(mel[:, start:stop])
             std[row, :window.numel()] = window
         return std
 
-    def _conditioning(self, mels: list[Tensor], spans: list[tuple[int, int]], width: int) -> Tensor:
+    def _conditioning(self, mels: list[Tensor], spans: list[tuple[int, int]], width: int,
+                      dtype: torch.dtype) -> Tensor:
         """[n, L, 2C, width]: each window's conditioning from its own mel (plus MEL_MARGIN frames, so it
         equals the corresponding slice of the whole utterance's). Beyond a shorter utterance's window it holds
         at most MEL_MARGIN frames of its own conditioning, then zeros; the mask hides all of it."""
         hop, start = self.hop_length, spans[0][0]
         low = max(0, start - MEL_MARGIN)  # the same for every row: the windows share their start
         margin = (start - low) * hop
-        cond = self._conditioning_buffer(len(mels), margin + width + MEL_MARGIN * hop)
+        cond = self._conditioning_buffer(len(mels), margin + width + MEL_MARGIN * hop, dtype)
         for row, (mel, (_, stop)) in enumerate(zip(mels, spans, strict=True)):
             high = min(mel.shape[-1], stop + MEL_MARGIN)
             length = (high - low) * hop
@@ -324,18 +350,18 @@ class Vocoder:
             cond[row, ..., length:].zero_()
         return cond[..., margin:margin + width]
 
-    def _conditioning_buffer(self, rows: int, length: int) -> Tensor:
-        """A [rows, L, 2C, length] view of one buffer kept across windows and calls (reallocated only to
-        grow): on a CPU, a fresh tensor of that size costs about 1 s of page faults per 5 s window (BASE).
-        Time-major on a CPU, as `DiffWave.condition` lays it out there."""
+    def _conditioning_buffer(self, rows: int, length: int, dtype: torch.dtype) -> Tensor:
+        """A [rows, L, 2C, length] view of one buffer in `dtype` kept across windows and calls (reallocated only
+        to grow or for another dtype): on a CPU, a fresh tensor of that size costs about 1 s of page faults per
+        5 s window (BASE). Time-major on a CPU, as `DiffWave.condition` lays it out there."""
         layers, channels = len(self.model.residual_layers), 2 * self.model.residual_channels
         size = rows * layers * channels * length
-        if self._buffer.numel() < size:
+        if self._buffer.numel() < size or self._buffer.dtype != dtype:
             self._buffer = torch.empty(0)  # release the old one before allocating the new one
-            self._buffer = torch.empty(size, device=self.device, dtype=self.dtype)
+            self._buffer = torch.empty(size, device=self.device, dtype=dtype)
         if self.device.type == "cpu":
             return self._buffer[:size].view(rows, layers, length, channels).transpose(2, 3)
         return self._buffer[:size].view(rows, layers, channels, length)
 
-    def _autocast(self) -> torch.autocast:
-        return autocast(self.device, self.dtype)
+    def _autocast(self, dtype: torch.dtype) -> torch.autocast:
+        return autocast(self.device, dtype)
