@@ -209,7 +209,7 @@ class DiffWave(nn.Module):
         projections = [layer.conditioner_projection for layer in self.residual_layers]
         gemm_dtype = tile_gemm_dtype(mel)
         if gemm_dtype is not None:
-            return time_major_conditioning(upsampled, projections, gemm_dtype, out)
+            return time_major_conditioning(upsampled, self.residual_layers, gemm_dtype, out)
         weight, bias = torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections])
         conditioning = F.conv1d(upsampled, weight, bias).view(mel.shape[0], len(projections), -1, upsampled.shape[-1])
         return conditioning if out is None else out.copy_(conditioning)
