@@ -62,8 +62,13 @@ def test_rows_score_an_oracle_and_a_do_nothing_denoiser_as_they_must():
     pytest.importorskip("pystoi")
     cleans = [paused_tone(RATE, 1.0, 0.1), 0.5 * paused_tone(RATE, 1.5, 0.1)]
     oracle_for = {clean.size: clean for clean in cleans}  # the clips differ in length
+    outputs = {}
     rows = denoising.evaluate("toy", cleans, RATE, {"oracle": lambda noisy: oracle_for[noisy.size]}, [5.0],
-                              ["white"], seed=0)
+                              ["white"], seed=0, outputs=outputs)
+    assert all(out is clean for out, clean in zip(outputs["white", 5.0, "oracle"], cleans, strict=True))
+    noisy_audio = outputs["white", 5.0, "noisy input"]
+    assert all(np.array_equal(a, b) for a, b in zip(noisy_audio, denoising.noisy_versions(cleans, "white", 5.0, 0),
+                                                     strict=True))
     assert [row.system for row in rows] == ["noisy input", "oracle"]
     noisy_row, oracle_row = rows
     assert noisy_row.means["SI-SDRi"] == 0.0 and oracle_row.means["SI-SDRi"] > 30

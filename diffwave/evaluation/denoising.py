@@ -131,20 +131,24 @@ def noisy_versions(cleans: Sequence[np.ndarray], colour: str, snr_db: float, see
 
 def evaluate(name: str, cleans: Sequence[np.ndarray], sample_rate: int, denoisers: dict[str, Denoiser],
              snrs: Sequence[float], noises: Sequence[str], seed: int = 0,
-             on_row: Callable[[Row], None] | None = None) -> list[Row]:
-    """One Row per (noise, SNR, system), the noisy input first; `on_row` sees each as it is finished."""
+             on_row: Callable[[Row], None] | None = None,
+             outputs: dict[tuple[str, float, str], list[np.ndarray]] | None = None) -> list[Row]:
+    """One Row per (noise, SNR, system), the noisy input first; `on_row` sees each as it is finished, and
+    `outputs`, when given, receives each system's audio per clip under (noise, SNR, system)."""
     rows = []
     seconds = sum(clean.size for clean in cleans) / sample_rate
     for colour in noises:
         for snr_db in snrs:
             mixtures = noisy_versions(cleans, colour, snr_db, seed)
             for system, run in ({"noisy input": lambda noisy: noisy} | dict(denoisers)).items():
-                per_clip, compute = [], 0.0
+                per_clip, estimates, compute = [], [], 0.0
                 for clean, noisy in zip(cleans, mixtures, strict=True):
                     start = time.perf_counter()
-                    estimate = run(noisy)
+                    estimates.append(run(noisy))
                     compute += time.perf_counter() - start
-                    per_clip.append(scores(clean, estimate, noisy, sample_rate))
+                    per_clip.append(scores(clean, estimates[-1], noisy, sample_rate))
+                if outputs is not None:
+                    outputs[colour, snr_db, system] = estimates
                 means = {metric: float(np.mean([clip[metric] for clip in per_clip])) for metric in METRICS}
                 rows.append(Row(name, colour, snr_db, system, means, compute / seconds))
                 if on_row is not None:
