@@ -21,11 +21,11 @@ from omegaconf.errors import OmegaConfBaseException
 from diffwave.diffusion.losses import LOSS_KINDS
 from diffwave.diffusion.reverse_plans import FAST_SCHEDULES
 from diffwave.errors import ConfigError
+from diffwave.precision import PRECISIONS
 
 MEL_PRESETS = ("hifigan", "lmnt")
 SCHEDULES = ("linear", "cosine")
 PRIORS = ("standard", "priorgrad")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _check_choice(section: str, key: str, value: str, choices: Sequence[str]) -> None:
@@ -65,16 +65,25 @@ class AudioConfig:
                               f"(sample_rate / 2), got f_min={self.f_min:g}, f_max={f_max:g}")
 
 
+# What a network's output means: a noise estimate (a diffusion model), or an x_0 map through the consistency
+# parameterisation (a student of `diffwave distill`, diffusion/consistency.py).
+PREDICTIONS = ("epsilon", "consistency")
+
+
 @dataclass
 class ModelConfig:
-    """The network's size; `conditional: false` drops the mel conditioner (unconditional model)."""
+    """The network's size; `conditional: false` drops the mel conditioner (unconditional model). `prediction`
+    is what its output means, a property of the weights: epsilon, or consistency (sampled only with the
+    consistency sampler)."""
 
     conditional: bool = True
     residual_channels: int = 64
     residual_layers: int = 30
     dilation_cycle: int = 10
+    prediction: str = "epsilon"
 
     def __post_init__(self) -> None:
+        _check_choice("model", "prediction", self.prediction, PREDICTIONS)
         _check_positive("model", residual_channels=self.residual_channels,
                         residual_layers=self.residual_layers, dilation_cycle=self.dilation_cycle)
 
@@ -189,11 +198,10 @@ class TrainConfig:
 class DistillConfig:
     """Consistency distillation (`diffwave distill`, Song et al. 2023; see diffusion/consistency.py).
 
-    `student` marks weights as a consistency student, which samples with the consistency sampler only; the
-    distill command sets it and records the teacher it started from.
+    The distill command records the teacher a student started from; the student itself is marked by
+    `model.prediction: consistency`.
     """
 
-    student: bool = False
     teacher: str | None = None
     target_ema: float = 0.95  # the target network's EMA decay (Song et al.'s mu); 0: the student itself
     skip: int = 1  # training steps between the two states joined by one teacher ODE step

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from diffwave.checkpoints import (
@@ -28,6 +29,7 @@ from diffwave.checkpoints import (
     export_safetensors,
     latest_checkpoint,
     load_checkpoint,
+    load_model,
     load_model_weights,
     load_safetensors,
     restore_rng_state,
@@ -35,6 +37,7 @@ from diffwave.checkpoints import (
 )
 from diffwave.config import config_to_dict, load_config
 from diffwave.errors import CheckpointError
+from diffwave.model import DiffWave
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -412,6 +415,39 @@ def test_other_config_differences_are_allowed_and_returned():
     assert check_compatible(saved, load_config("tiny")) == []
     notes = check_compatible(saved, load_config("tiny", ["train.learning_rate=0.0005", "train.log_every=5"]))
     assert notes == ["train.learning_rate: saved 0.001 != now 0.0005", "train.log_every: saved 10 != now 5"]
+
+
+# --- model.prediction replaced distill.student: files written before still load -----------------------------
+def config_before_prediction(student: bool) -> dict:
+    """A tiny config dict as checkpoints wrote it before model.prediction: a student marked by distill.student."""
+    values = config_to_dict(load_config("tiny"))
+    del values["model"]["prediction"]
+    return values | {"distill": {**values["distill"], "student": student}}
+
+
+@pytest.mark.parametrize(("student", "prediction"), [(True, "consistency"), (False, "epsilon")])
+def test_checkpoints_marked_by_distill_student_load_with_model_prediction(tmp_path, student, prediction):
+    weights = DiffWave.from_config(load_config("tiny")).state_dict()
+    state = {"config": config_before_prediction(student), "step": 1, "model": weights, "ema": weights}
+    checkpoint = save_checkpoint(tmp_path, 1, state, keep_last=1)
+    exported = export_safetensors(checkpoint, tmp_path / "model.safetensors")
+    assert "student" not in load_safetensors(exported)[1]["distill"]  # exports are written in today's keys
+    for path in (checkpoint, exported):
+        _, config = load_model(path)
+        assert config.model.prediction == prediction
+    now = load_config("tiny", [f"model.prediction={prediction}"])
+    assert check_compatible(config_before_prediction(student), now) == []  # a resume of an old run goes on
+    with pytest.raises(CheckpointError, match="model.prediction"):
+        check_compatible(config_before_prediction(not student), now)
+
+
+def test_the_shipped_voice_written_with_distill_student_loads_unchanged():
+    path = ROOT / "diffwave" / "pretrained" / "voice.safetensors"
+    with safe_open(str(path), framework="pt") as file:
+        assert json.loads(file.metadata()["config"])["distill"]["student"] is False  # the file as shipped
+    model, config = load_model(path)
+    assert config.model.prediction == "epsilon"
+    assert_same(load_safetensors(path)[0], dict(model.state_dict()))
 
 
 # --- H45: no unsafe loading anywhere in the package -----------------------------------------------------------

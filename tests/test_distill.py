@@ -27,7 +27,7 @@ def test_a_student_starts_from_its_teacher_and_records_it(tiny_checkpoint, tiny_
     distill(tiny_checkpoint, tiny_features, tmp_path / "run", [*FAST, "train.max_steps=2"], device="cpu")
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000002.pt")
     config = state["config"]
-    assert config["distill"]["student"] is True and config["distill"]["teacher"] == str(tiny_checkpoint)
+    assert config["model"]["prediction"] == "consistency" and config["distill"]["teacher"] == str(tiny_checkpoint)
     assert config["name"] == "tiny-consistency"
     teacher, _ = load_model(tiny_checkpoint)
     # Two steps of Adam at 1e-3 move every weight by about 1e-3: the student is near its teacher, not random.

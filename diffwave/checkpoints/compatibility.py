@@ -11,10 +11,18 @@ from diffwave.errors import CheckpointError
 # Config fields that change tensor shapes or what the weights mean: a resume must match them exactly.
 _WEIGHT_SECTIONS = ("audio.", "model.")
 _WEIGHT_FIELDS = {"diffusion.num_steps", "diffusion.schedule", "diffusion.beta_start", "diffusion.beta_end",
-                  "diffusion.prior", "diffusion.prior_floor",  # the prior changes what the network predicts
-                  "distill.student"}  # a consistency student's output means x_0 through f, not a noise estimate
+                  "diffusion.prior", "diffusion.prior_floor"}  # the prior changes what the network predicts
 _ABSENT = "<absent>"
 
+
+def current_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict in today's keys. Before `model.prediction`, a consistency student was marked by
+    `distill.student` (true/false): it maps to prediction consistency/epsilon."""
+    distill = values.get("distill") if isinstance(values, dict) else None
+    if not isinstance(distill, dict) or "student" not in distill or not isinstance(values.get("model", {}), dict):
+        return values
+    model = {"prediction": "consistency" if distill["student"] else "epsilon", **values.get("model", {})}
+    return {**values, "model": model, "distill": {k: v for k, v in distill.items() if k != "student"}}
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -38,7 +46,7 @@ def check_compatible(saved_config: dict[str, Any], config: Config,
     if not isinstance(saved_config, dict):
         raise CheckpointError(f"{source}: its config is a {type(saved_config).__name__}, not a mapping")
     # A key the saved config lacks (written before that setting existed) has its default value.
-    saved = _flatten(config_to_dict(config_from_dict(saved_config, source=str(source))))
+    saved = _flatten(config_to_dict(config_from_dict(current_keys(saved_config), source=str(source))))
     now = _flatten(config_to_dict(config))
     breaking, allowed = [], []
     for key in sorted(saved.keys() | now.keys()):

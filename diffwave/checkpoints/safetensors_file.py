@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from diffwave.checkpoints import reference
+from diffwave.checkpoints.compatibility import current_keys
 from diffwave.checkpoints.safe_load import read_head, reason
 from diffwave.checkpoints.store import FORMAT_VERSION, model_state
 from diffwave.errors import CheckpointError
@@ -82,4 +83,4 @@ def _safetensors_config(metadata: dict[str, str], path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: its config metadata is not valid JSON ({reason(error)})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its config metadata is not a mapping of sections")
-    return config
+    return current_keys(config)

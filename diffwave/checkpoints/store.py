@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from diffwave.checkpoints import reference
+from diffwave.checkpoints.compatibility import current_keys
 from diffwave.checkpoints.safe_load import read_torch_file, reason
 from diffwave.errors import CheckpointError
 from diffwave.fileio import atomic_write
@@ -195,7 +196,7 @@ def _config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
     config = checkpoint.get("config")
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: has no config (a mapping of sections)")
-    return config
+    return current_keys(config)
 
 
 def model_state(path: Path, use_ema: bool) -> tuple[dict[str, Tensor], dict[str, Any], Any]:

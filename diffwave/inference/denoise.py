@@ -150,7 +150,7 @@ def _model_and_config(model: DiffWave | str | os.PathLike[str] | None, config: C
     if model.conditional:
         raise DiffwaveError("denoising needs an unconditional model (model.conditional: false); "
                             "this one is conditioned on mels")
-    if config.distill.student:
+    if config.model.prediction != "epsilon":
         raise DiffwaveError("denoising runs the full reverse chain, which needs a diffusion model; this one is a "
                             "consistency student (diffwave distill)")
     return model, config

@@ -124,7 +124,7 @@ def sampler_for(config: Config, sampler: str | None, error: type[DiffwaveError] 
     """The sampler to run (None: "consistency" for a distilled student, else "fast"), refused when it does not
     fit the model: a consistency student's output is an x_0 map, not a noise estimate, and vice versa. For the
     same reason a student takes no Langevin corrector, whose score is a noise estimate's."""
-    student = config.distill.student
+    student = config.model.prediction == "consistency"
     if student and corrector_steps:
         raise error("a consistency student takes no corrector steps: the Langevin corrector needs a noise estimate "
                     "(a score), and a student's output is an x_0 map")

@@ -4,7 +4,8 @@ A distillation is the Trainer with another objective (training.objectives.Consis
 data, the per-example draws, DDP, EMA, checkpoints, exact resume, preemption and TensorBoard are the trainer's
 own. Beside the student sit the frozen teacher and the target network, an EMA of the student (decay
 distill.target_ema) that the student learns to agree with across adjacent states. The student starts from the
-teacher's weights; its checkpoints carry `distill.student: true` and vocode with `--sampler consistency --steps 1|2`.
+teacher's weights; its checkpoints carry `model.prediction: consistency` and vocode with
+`--sampler consistency --steps 1|2`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def student_config(teacher_config: Config, teacher_path: str | os.PathLike[str],
     """The teacher's config with the user's overrides, marked as a student of `teacher_path`. Overrides that
     would change the network, the audio front end or the noise schedule are refused: the student starts from
     the teacher's weights and must mean the same by them."""
-    if teacher_config.distill.student:
+    if teacher_config.model.prediction == "consistency":
         raise TrainingError(f"{teacher_path} is already a consistency student; distil from the diffusion model it "
                             "came from")
     config = with_overrides(teacher_config, overrides)
@@ -33,8 +34,9 @@ def student_config(teacher_config: Config, teacher_path: str | os.PathLike[str],
         check_compatible(config_to_dict(teacher_config), config, source=f"the teacher {teacher_path}")
     except CheckpointError as error:
         raise TrainingError(f"overrides must not change the teacher's model: {error}") from None
-    distill = dataclasses.replace(config.distill, student=True, teacher=str(teacher_path))
-    return dataclasses.replace(config, name=f"{teacher_config.name}-consistency", distill=distill)
+    return dataclasses.replace(config, name=f"{teacher_config.name}-consistency",
+                               model=dataclasses.replace(config.model, prediction="consistency"),
+                               distill=dataclasses.replace(config.distill, teacher=str(teacher_path)))
 
 
 def distill(teacher_path: str | os.PathLike[str], data_dir: str | Path, run_dir: str | Path,
