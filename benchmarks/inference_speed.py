@@ -49,8 +49,7 @@ from diffwave.diffusion.reverse_plans import DDIM_DEFAULT_STEPS
 from diffwave.inference import Vocoder
 from diffwave.inference.chunking import CHUNK_SECONDS
 from diffwave.model import DiffWave
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from diffwave.precision import DTYPES
 
 
 def flops_per_sample_step(config) -> float:

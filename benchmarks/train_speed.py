@@ -37,10 +37,10 @@ from common import matmul_peak_gflops, run_child, synchronize
 
 from diffwave.config import Config, load_config
 from diffwave.data.preprocess import preprocess
+from diffwave.precision import DTYPES
 from diffwave.training.distributed import init_distributed
 from diffwave.training.trainer import Trainer
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PHASES = ("enumerate(DataLoader)", "train/draws", "train/forward", "train/backward", "train/optimizer", "train/ema",
           "train/log", "train/validate", "train/save")
 

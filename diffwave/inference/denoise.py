@@ -37,8 +37,9 @@ from diffwave.diffusion.reverse_plans import full_chain, starting_at
 from diffwave.diffusion.sampling import EpsFn, NoiseFn
 from diffwave.errors import DiffwaveError
 from diffwave.inference.chunking import OVERLAP_SECONDS, ChunkLayout, PositionalNoise, draw_seed, overlap_add
-from diffwave.inference.precision import autocast, resolve_dtype
 from diffwave.model import DiffWave
+from diffwave.model.cpu_kernels import LayerWorkload
+from diffwave.precision import autocast, resolve_dtype
 
 logger = logging.getLogger("diffwave.denoise")
 
@@ -178,7 +179,7 @@ def denoise(audio: Tensor | np.ndarray, sample_rate: int, model: DiffWave | str 
     stays. The same generator state gives the same output.
     Long inputs run in windows of `chunk_seconds` (None: one window) with `overlap_seconds` of context on
     each side (None: enough for the network's reach, at least the vocoder's 0.3 s). The network runs in
-    `dtype` (None: fp32; "auto", "bf16", ...: see inference/precision.py), the chain in fp32.
+    `dtype` (None: fp32; "auto", "bf16", ...: see diffwave/precision.py), the chain in fp32.
     """
     model, config = _model_and_config(model, config)
     target_rms = model_target_rms(config) if target_rms is None else target_rms
@@ -240,7 +241,7 @@ def _windowed_chain(y: Tensor, model: DiffWave, schedule: NoiseSchedule, hop: in
                     t_start: int, sdedit: bool, noise: PositionalNoise, dtype: torch.dtype | str | None) -> Tensor:
     """The truncated chain over y [N] window by window (windows in blocks of `hop` samples, cross-faded)."""
     device = next(model.parameters()).device
-    precision = resolve_dtype(dtype, device)
+    precision = resolve_dtype(dtype, device, workload=LayerWorkload(model.residual_channels))
 
     def eps_fn(x: Tensor, t: Tensor) -> Tensor:
         with autocast(device, precision):

@@ -15,8 +15,8 @@ from diffwave.diffusion import sample
 from diffwave.errors import DiffwaveError
 from diffwave.inference.files import output_targets
 from diffwave.inference.options import SamplingOptions, options_from, resolve
-from diffwave.inference.precision import autocast
 from diffwave.model import DiffWave
+from diffwave.precision import autocast
 
 
 def generate(model: DiffWave, config: Config, count: int, seconds: float, options: SamplingOptions | None = None,
@@ -24,7 +24,7 @@ def generate(model: DiffWave, config: Config, count: int, seconds: float, option
     """`count` clips of `seconds` each, as CPU float32 tensors in [-1, 1], in batches of `batch_size`. The sampling
     options (`options` and/or SamplingOptions' fields as keywords: sampler, steps, schedule, corrector_steps and
     corrector_snr, dtype) are resolved once: the network in `dtype` (None: fp32; "auto", "bf16", ...: see
-    inference/precision.py), the chain in fp32."""
+    diffwave/precision.py), the chain in fp32."""
     if model.conditional:
         raise DiffwaveError("generate needs an unconditional model; this one is conditioned on mels")
     if trained_steps(config) < config.diffusion.num_steps:

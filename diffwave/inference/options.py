@@ -21,7 +21,8 @@ from diffwave.diffusion import NoiseSchedule, ReversePlan
 from diffwave.diffusion.reverse_plans import plan_for, starting_at
 from diffwave.diffusion.sampling import CORRECTOR_SNR, check_corrector
 from diffwave.errors import DiffwaveError
-from diffwave.inference.precision import resolve_dtype
+from diffwave.model.cpu_kernels import LayerWorkload
+from diffwave.precision import resolve_dtype
 
 NOISE, GRIFFIN_LIM = "noise", "griffin-lim"
 INITS = {NOISE: "the plan's noisiest state, drawn from the prior (the default)",
@@ -93,7 +94,8 @@ def resolve(options: SamplingOptions, config: Config, *, device: torch.device | 
     if options.dtype is None and default_dtype is not None:
         dtype = default_dtype
     else:
-        dtype = resolve_dtype(options.dtype, device or torch.device("cpu"), error)
+        dtype = resolve_dtype(options.dtype, device or torch.device("cpu"), error,
+                              workload=LayerWorkload(config.model.residual_channels))
     return Sampling(plan, Corrector(options.corrector_steps, options.corrector_snr), prior, options.init, dtype)
 
 

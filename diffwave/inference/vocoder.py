@@ -46,8 +46,9 @@ from diffwave.inference.chunking import (
     utterance_seed,
 )
 from diffwave.inference.options import GRIFFIN_LIM, Sampling, SamplingOptions, options_from, resolve
-from diffwave.inference.precision import autocast, resolve_dtype
 from diffwave.model import DiffWave
+from diffwave.model.cpu_kernels import LayerWorkload
+from diffwave.precision import autocast, resolve_dtype
 
 logger = logging.getLogger("diffwave.vocoder")
 
@@ -68,7 +69,7 @@ class Vocoder:
         if not model.conditional:
             raise _unconditional("this")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = resolve_dtype(dtype, self.device, VocodeError)
+        self.dtype = resolve_dtype(dtype, self.device, VocodeError, workload=LayerWorkload(model.residual_channels))
         self.model = model.to(self.device).eval()
         self._config = config
         self.schedule = NoiseSchedule.from_config(config.diffusion)

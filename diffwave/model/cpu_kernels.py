@@ -118,8 +118,9 @@ _prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def prepared_weights(layers: nn.ModuleList, gemm_dtype: torch.dtype) -> list[TileWeights] | Bf16Weights:
     """The layers' weights in the engine's layout, converted once per parameter version: an optimizer step or
-    a loaded state dict (new versions or storage) prepares them afresh."""
-    version = tuple((p.data_ptr(), p._version) for p in layers.parameters())
+    a loaded state dict (new versions or storage) prepares them afresh. (Parameters made under inference mode
+    carry no version: they are keyed by storage only.)"""
+    version = tuple((p.data_ptr(), 0 if p.is_inference() else p._version) for p in layers.parameters())
     cached = _prepared.setdefault(layers, {}).get(gemm_dtype)
     if cached is None or cached[0] != version:
         with torch.autocast("cpu", enabled=False), torch.no_grad():
@@ -339,29 +340,33 @@ def bf16_row(dilations: list[int], h: Tensor, skip_sum: Tensor, steps: Tensor, w
 
 class LayerWorkload:
     """What `precision.calibrate` times: one tile of one residual layer of `channels`, conditioned, with
-    random weights, through the engine of each GEMM dtype (the step's fixed work included)."""
+    random weights, through the engine of each GEMM dtype (the step's fixed work included; the conditioning,
+    once per utterance, is not)."""
 
     def __init__(self, channels: int, n_mels: int = 80) -> None:
         self.key = ("residual layer", channels, INFERENCE_TILE)
         self.channels, self.n_mels = channels, n_mels
         self._layers: nn.ModuleList | None = None
+        self._conditioning: dict[torch.dtype, Tensor] = {}
 
     def __call__(self, dtype: torch.dtype) -> None:
-        channels = self.channels
         if self._layers is None:
-            generator = torch.Generator().manual_seed(0)
-            layer = nn.Module()
-            layer.dilated_conv = nn.Conv1d(channels, 2 * channels, 3, padding=1)
-            layer.conditioner_projection = nn.Conv1d(self.n_mels, 2 * channels, 1)
-            layer.output_projection = nn.Conv1d(channels, 2 * channels, 1)
-            layer.dilation = 1
-            self._layers = nn.ModuleList([layer])
-            self._inputs = (torch.randn(1, channels, INFERENCE_TILE, generator=generator),
-                            torch.randn(1, 1, channels, generator=generator),
-                            torch.randn(1, self.n_mels, INFERENCE_TILE, generator=generator))
-            self._conditioning = {}
+            self._build()
         h, steps, upsampled = self._inputs
         with torch.no_grad():
-            if dtype not in self._conditioning:  # per utterance, not per step: not timed
+            if dtype not in self._conditioning:
                 self._conditioning[dtype] = time_major_conditioning(upsampled, self._layers, dtype, None)
             tiled_layers(self._layers, h, steps, self._conditioning[dtype], None, dtype)
+
+    @torch.inference_mode(False)
+    def _build(self) -> None:
+        channels, generator = self.channels, torch.Generator().manual_seed(0)
+        layer = nn.Module()
+        layer.dilated_conv = nn.Conv1d(channels, 2 * channels, 3, padding=1)
+        layer.conditioner_projection = nn.Conv1d(self.n_mels, 2 * channels, 1)
+        layer.output_projection = nn.Conv1d(channels, 2 * channels, 1)
+        layer.dilation = 1
+        self._layers = nn.ModuleList([layer])
+        self._inputs = (torch.randn(1, channels, INFERENCE_TILE, generator=generator),
+                        torch.randn(1, 1, channels, generator=generator),
+                        torch.randn(1, self.n_mels, INFERENCE_TILE, generator=generator))

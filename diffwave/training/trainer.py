@@ -35,6 +35,7 @@ from diffwave.data.dataset import crops_for_training
 from diffwave.diffusion import NoiseSchedule
 from diffwave.errors import DataError, TrainingError
 from diffwave.model import DiffWave
+from diffwave.precision import DTYPES, autocast, training_precision
 from diffwave.training.distributed import DistributedContext, ResumableSampler, all_reduce_sum
 from diffwave.training.ema import ExponentialAverage
 from diffwave.training.monitor import Monitor, loss_by_step_buckets
@@ -55,15 +56,6 @@ class NoiseEstimator(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, mel: Tensor | None) -> Tensor:
         return self.model(x_t, t, mel=mel)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' means bf16 on a CUDA device that supports it, fp16 on an older GPU, fp32 on the CPU."""
-    if precision != "auto":
-        return precision
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def example_seed(seed: int, step: int, item_id: str) -> int:
@@ -98,8 +90,7 @@ class Trainer:
         if train.batch_size % context.world_size:
             raise TrainingError(f"train.batch_size {train.batch_size} (the global batch) must be divisible by the "
                                 f"{context.world_size} processes")
-        self.precision = resolve_precision(train.precision, self.device)
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.precision = training_precision(train.precision, self.device)
         self.schedule = NoiseSchedule.from_config(config.diffusion)
         # Steps 0 .. steps_drawn - 1 are trained (train.max_step); validation measures the same range.
         self.steps_drawn = trained_steps(config)
@@ -205,8 +196,7 @@ class Trainer:
         return torch.cat(steps), torch.stack(noises)
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                              enabled=self.autocast_dtype is not None)
+        return autocast(self.device, DTYPES[self.precision])
 
     def _train_step(self, batch: dict[str, Any]) -> tuple[float, float, Tensor, Tensor] | None:
         """One optimizer step; returns (loss, grad norm, steps t, per-example losses) or None if skipped."""

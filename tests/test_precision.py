@@ -1,0 +1,96 @@
+"""The one precision policy: dtype names, training's "auto", and inference's measured "auto" (fake timers drive
+both branches), cached per process."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from diffwave import precision
+from diffwave.errors import DiffwaveError
+from diffwave.model.cpu_kernels import LayerWorkload
+from diffwave.precision import DTYPES, PRECISIONS, calibrate, resolve_dtype, training_precision
+
+
+class CountingWorkload:
+    def __init__(self, key: str) -> None:
+        self.key, self.calls = key, []
+
+    def __call__(self, dtype: torch.dtype) -> None:
+        self.calls.append(dtype)
+
+
+def fake_timer(fp32_seconds: float, bf16_seconds: float):
+    """A clock that advances by the given duration over each timed call: calibrate reads it before and after
+    each call, fp32 and bf16 alternating."""
+    durations = itertools.cycle([fp32_seconds, bf16_seconds])
+    now, reads = [0.0], itertools.count()
+
+    def timer() -> float:
+        if next(reads) % 2:
+            now[0] += next(durations)
+        return now[0]
+    return timer
+
+
+@pytest.fixture(autouse=True)
+def fresh_calibrations(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "_calibrations", {})
+
+
+def test_names_and_explicit_dtypes() -> None:
+    assert PRECISIONS == ("auto", "fp32", "bf16", "fp16")
+    cpu = torch.device("cpu")
+    assert resolve_dtype(None, cpu) is torch.float32
+    for name, dtype in DTYPES.items():
+        if name != "fp16":
+            assert resolve_dtype(name, cpu) is dtype and resolve_dtype(dtype, cpu) is dtype
+    with pytest.raises(DiffwaveError, match="needs a CUDA device"):
+        resolve_dtype("fp16", cpu)
+    with pytest.raises(DiffwaveError, match="one of fp32, bf16, fp16"):
+        resolve_dtype("fp8", cpu)
+
+
+@pytest.mark.parametrize(("fp32", "bf16", "expected"), [(2e-3, 1e-3, torch.bfloat16),  # measured faster
+                                                         (1e-3, 2e-3, torch.float32),  # slower (emulated)
+                                                         (1e-3, 0.95e-3, torch.float32)])  # within the margin
+def test_auto_picks_bf16_only_where_measured_faster_and_logs_both_timings(
+        fp32: float, bf16: float, expected: torch.dtype, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(precision, "clock", fake_timer(fp32, bf16))
+    workload = CountingWorkload("shapes")
+    with caplog.at_level("INFO", logger="diffwave.precision"):
+        assert resolve_dtype("auto", torch.device("cpu"), workload=workload) is expected
+    assert workload.calls == [torch.float32, torch.bfloat16] * (1 + precision.CALIBRATION_REPEATS)
+    line, = (r.message for r in caplog.records if "precision auto -> " in r.message)
+    assert line.startswith(f"precision auto -> {'bf16' if expected is torch.bfloat16 else 'fp32'}")
+    assert f"fp32 {fp32 * 1e3:.2f} ms, bf16 {bf16 * 1e3:.2f} ms" in line
+
+
+def test_calibration_runs_once_per_process_and_shape() -> None:
+    cpu = torch.device("cpu")
+    first, same, other = CountingWorkload("a"), CountingWorkload("a"), CountingWorkload("b")
+    timings = calibrate(first, cpu, fake_timer(2e-3, 1e-3))
+    assert timings == {torch.float32: pytest.approx(2e-3), torch.bfloat16: pytest.approx(1e-3)}
+    assert calibrate(same, cpu, fake_timer(1.0, 1.0)) is timings and same.calls == []
+    calibrate(other, cpu, fake_timer(1.0, 1.0))
+    assert len(other.calls) == 2 * (1 + precision.CALIBRATION_REPEATS)
+
+
+def test_auto_is_fp32_off_the_cpu_and_without_shapes() -> None:
+    assert precision.auto_dtype(torch.device("cuda"), CountingWorkload("x"))[0] is torch.float32
+    assert precision.auto_dtype(torch.device("cpu"), None)[0] is torch.float32
+
+
+def test_the_layer_workload_runs_both_engines_in_a_few_milliseconds() -> None:
+    timings = calibrate(LayerWorkload(16, n_mels=8), torch.device("cpu"))
+    assert set(timings) == {torch.float32, torch.bfloat16}
+    assert all(0 < seconds < 0.5 for seconds in timings.values())
+
+
+def test_training_auto_is_fp32_on_the_cpu_and_names_pass_through() -> None:
+    cpu = torch.device("cpu")
+    assert training_precision("auto", cpu) == "fp32"
+    assert [training_precision(name, cpu) for name in DTYPES] == list(DTYPES)
