@@ -1,12 +1,10 @@
-"""The fused residual layer (model/gated_layer.py) against the same network written with plain autograd ops."""
+"""The fused residual layer (model/gated_layer.py) against the paper's network in plain autograd ops
+(DiffWave.reference_forward)."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from diffwave.config import load_config
@@ -28,30 +26,6 @@ def model_with_live_output(n_mels: int | None, memory_mb: float | None = None) -
     model = DiffWave(**SHAPE, n_mels=n_mels, activation_memory_mb=memory_mb).double()
     torch.nn.init.normal_(model.output_projection.weight)  # zero at init: outputs and gradients would be trivial
     return model
-
-
-def plain_forward(model: DiffWave, x: Tensor, t: Tensor, mel: Tensor | None = None, cond: Tensor | None = None,
-                  mask: Tensor | None = None) -> Tensor:
-    """The network with separate torch ops, each layer as the paper draws it; the mask multiplies."""
-    emb = model.diffusion_embedding(t)
-    h = F.relu(model.input_projection(x.unsqueeze(1)))
-    upsampled = None if mel is None else model.spectrogram_upsampler(mel)
-    skips = []
-    for i, layer in enumerate(model.residual_layers):
-        y = h + layer.diffusion_projection(emb).unsqueeze(-1)
-        if mask is not None:
-            y = y * mask.unsqueeze(1)
-        y = layer.dilated_conv(y)
-        if upsampled is not None:
-            y = y + layer.conditioner_projection(upsampled)
-        if cond is not None:
-            y = y + cond[:, i]
-        gate, filter_ = torch.chunk(y, 2, dim=1)
-        residual, skip = torch.chunk(layer.output_projection(torch.sigmoid(gate) * torch.tanh(filter_)), 2, dim=1)
-        h = (h + residual) / math.sqrt(2.0)
-        skips.append(skip)
-    h = F.relu(model.skip_projection(torch.stack(skips).sum(0) / math.sqrt(len(skips))))
-    return model.output_projection(h).squeeze(1)
 
 
 def outputs_and_gradients(model: DiffWave, forward, inputs: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -90,7 +64,7 @@ def test_output_and_every_gradient_equal_the_plain_autograd_network(case: str, m
     if masked:
         inputs["mask"] = torch.arange(30) < torch.tensor([[19], [30]])
     fused, fused_grads = outputs_and_gradients(model, model, inputs)
-    plain, plain_grads = outputs_and_gradients(model, lambda **kw: plain_forward(model, **kw), inputs)
+    plain, plain_grads = outputs_and_gradients(model, model.reference_forward, inputs)
     assert plain.abs().max() > 1e-2
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
     assert fused_grads.keys() == plain_grads.keys()
@@ -108,7 +82,7 @@ def test_float32_matches_the_plain_network_to_rounding() -> None:
     inputs = {"x": torch.randn(2, 30, generator=generator), "t": torch.tensor([3, 9]),
               "mel": torch.randn(2, 5, 5, generator=generator)}
     fused, fused_grads = outputs_and_gradients(model, model, inputs)
-    plain, plain_grads = outputs_and_gradients(model, lambda **kw: plain_forward(model, **kw), inputs)
+    plain, plain_grads = outputs_and_gradients(model, model.reference_forward, inputs)
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(fused_grads[name], grad, rtol=1e-5, atol=1e-5, msg=name)
@@ -121,10 +95,10 @@ def test_under_autocast_it_runs_in_the_autocast_dtype_and_is_as_close_to_fp32_as
     generator = torch.Generator().manual_seed(0)
     inputs = {"x": torch.randn(2, 30, generator=generator), "t": torch.tensor([3, 9]),
               "mel": torch.randn(2, 5, 5, generator=generator)}
-    exact, exact_grads = outputs_and_gradients(model, lambda **kw: plain_forward(model, **kw), inputs)
+    exact, exact_grads = outputs_and_gradients(model, model.reference_forward, inputs)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         fused, fused_grads = outputs_and_gradients(model, model, inputs)
-        plain, plain_grads = outputs_and_gradients(model, lambda **kw: plain_forward(model, **kw), inputs)
+        plain, plain_grads = outputs_and_gradients(model, model.reference_forward, inputs)
 
     def error(value: Tensor, name: str | None = None) -> float:
         reference = exact if name is None else exact_grads[name]
@@ -160,7 +134,7 @@ def test_each_layer_keeps_three_activations_or_one_when_it_recomputes(n_mels: in
     unit = x.numel() * SHAPE["residual_channels"] * x.element_size()
     layers = SHAPE["residual_layers"]
     plain_model = model_with_live_output(n_mels).float()
-    plain = saved_bytes(lambda: plain_forward(plain_model, x, t, **conditioning))
+    plain = saved_bytes(lambda: plain_model.reference_forward(x, t, **conditioning))
     for recomputed in range(layers + 1):
         model = model_with_live_output(n_mels, budget_mb(recomputed, (2, 600), torch.float32)).float()
         fused = saved_bytes(lambda: model(x, t, **conditioning))  # noqa: B023 (called at once)
