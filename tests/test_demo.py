@@ -18,7 +18,10 @@ from diffwave.evaluation import heldout
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = REPO / "recipes" / "demo" / "clips"
 CLIP_IDS = [f"LJ001-000{i}" for i in range(1, 5)]
-PLAYERS = ("reference", "diffwave", "griffin_lim")
+UNSEEN_IDS = ["june_agent-user", "june_confbridge-remove-last-out", "june_dir-first", "june_vm-mailboxfull"]
+SETS = {"Seen speaker (LJSpeech)": CLIP_IDS, "Unseen speaker (June)": UNSEEN_IDS}
+PLAYERS = ("reference", "diffwave", "griffin_lim", "gl_envelope")
+LABELS = ("DiffWave", "Griffin-Lim 100", "Griffin-Lim + envelope")
 
 
 class References(HTMLParser):
@@ -37,7 +40,7 @@ class References(HTMLParser):
         self.links += [value for name, value in attrs if name in ("src", "href") and value]
         if tag == "tr":
             self.rows.append([])
-        self._open = tag if tag in ("th", "td", "h1", "h2", "title") else None
+        self._open = tag if tag in ("th", "td", "h1", "h2", "h3", "title") else None
 
     def handle_data(self, data):
         self.text.append(data)
@@ -45,7 +48,7 @@ class References(HTMLParser):
             self.rows[-1].append(data)
             if self._open == "th":
                 self.headers.append(data)
-        elif self._open in ("h1", "h2"):
+        elif self._open in ("h1", "h2", "h3"):
             self.headings.append(data)
         self._open = None
 
@@ -59,19 +62,24 @@ def load_demo_script():
 
 
 @pytest.fixture(scope="module")
-def cached_results() -> list[heldout.ClipResult]:
-    """What `heldout.compare` returns for the four clips, in miniature: 0.1-0.25 s of audio each, and a score
-    that differs in every cell (clip, system, metric), so a number in the wrong place shows."""
-    rate, results = AudioConfig().sample_rate, []
-    for c, clip in enumerate(CLIP_IDS):
-        n = int((0.1 + 0.05 * c) * rate)
-        t = torch.arange(n) / rate
-        reference = 0.3 * torch.sin(2 * torch.pi * (150 + 40 * c) * t)
-        audio = {"diffwave": 0.9 * reference, "griffin_lim": 0.5 * reference.roll(7)}
-        scores = {system: {metric: c + 0.1 * s + 0.01 * m + 0.001 for m, metric in enumerate(heldout.METRICS)}
-                  for s, system in enumerate(heldout.SYSTEMS)}
-        results.append(heldout.ClipResult(clip, reference, audio, scores))
-    return results
+def cached_results() -> dict[str, list[heldout.ClipResult]]:
+    """What `heldout.compare_sets` returns for the two sets of four clips, in miniature: 0.1-0.45 s of audio
+    each, and a score that differs in every cell (set, clip, system, metric), so a number in the wrong place
+    shows."""
+    rate, sets = AudioConfig().sample_rate, {}
+    for k, (name, clips) in enumerate(SETS.items()):
+        results = []
+        for c, clip in enumerate(clips):
+            n = int((0.1 + 0.05 * c + 0.2 * k) * rate)
+            t = torch.arange(n) / rate
+            reference = 0.3 * torch.sin(2 * torch.pi * (150 + 40 * c + 10 * k) * t)
+            audio = {"diffwave": 0.9 * reference, "griffin_lim": 0.5 * reference.roll(7),
+                     "gl_envelope": 0.7 * reference.roll(3)}
+            scores = {system: {metric: 10 * k + c + 0.1 * s + 0.01 * m + 0.001
+                               for m, metric in enumerate(heldout.METRICS)} for s, system in enumerate(heldout.SYSTEMS)}
+            results.append(heldout.ClipResult(clip, reference, audio, scores))
+        sets[name] = results
+    return sets
 
 
 def expected_means(results: list[heldout.ClipResult]) -> dict[str, dict[str, float]]:
@@ -84,39 +92,51 @@ def expected_means(results: list[heldout.ClipResult]) -> dict[str, dict[str, flo
     return table
 
 
+def expected_rows(results: list[heldout.ClipResult]) -> list[list[str]]:
+    """The metrics table of one set, per clip then the means, every system a row, as the page shows it."""
+    rows = [[r.id, label, *(f"{r.scores[system][m]:.3f}" for m in heldout.METRICS)]
+            for r in results for system, label in zip(heldout.SYSTEMS, LABELS, strict=True)]
+    means = expected_means(results)
+    return rows + [["mean", label, *(f"{means[system][m]:.3f}" for m in heldout.METRICS)]
+                   for system, label in zip(heldout.SYSTEMS, LABELS, strict=True)]
+
+
 def test_the_full_demo_page_from_cached_results(cached_results, tmp_path):
-    """The page `make demo` writes for all four clips: per clip a heading, the three players and the mel image,
-    each a real file with the right audio; then the metrics table, every cell in its row and column, and the
-    means; the same numbers in metrics.md."""
+    """The page `make demo` writes for both sets: per set a heading and its credit, per clip a heading, the four
+    players and the mel image, each a real file with the right audio; then the set's metrics table, every cell
+    in its row and column, and the means; the same numbers in metrics.md; a further section after them."""
     demo = load_demo_script()
     out = tmp_path / "demo"
-    index = demo.write_demo(out, "The title", "4 held-out clips (0.7 s), a setup sentence", cached_results,
-                            AudioConfig())
+    index = demo.write_demo(out, "The title", "a setup sentence", cached_results, AudioConfig(),
+                            sections=[("<h2>Another section</h2>", "another table")])
     page = References()
     page.feed(index.read_text())
-    assert page.headings == ["The title", *CLIP_IDS, "Metrics"]
-    assert "4 held-out clips (0.7 s), a setup sentence." in page.text
-    assert page.links == [link for clip in CLIP_IDS
+    assert page.headings == ["The title", *[heading for name, clips in SETS.items()
+                                            for heading in [name, *clips, f"Metrics: {name}"]], "Another section"]
+    assert "a setup sentence." in page.text
+    assert page.links == [link for clips in SETS.values() for clip in clips
                           for link in [f"{clip}/{player}.wav" for player in PLAYERS] + [f"{clip}/mels.png"]]
-    for result in cached_results:
-        for player, signal in {"reference": result.reference, **result.audio}.items():
-            audio, rate = sf.read(out / result.id / f"{player}.wav", dtype="float32")
-            assert rate == 22050
-            np.testing.assert_allclose(audio, signal.numpy(), atol=1 / 2**15, rtol=0)  # 16-bit PCM
-        assert (out / result.id / "mels.png").read_bytes().startswith(b"\x89PNG")
-    assert page.rows[0] == ["clip", "system", *heldout.METRICS.values()]
-    expected = [[r.id, label, *(f"{r.scores[system][m]:.3f}" for m in heldout.METRICS)]
-                for r in cached_results for system, label in heldout.SYSTEMS.items()]
-    means = expected_means(cached_results)
-    expected += [["mean", label, *(f"{means[system][m]:.3f}" for m in heldout.METRICS)]
-                 for system, label in heldout.SYSTEMS.items()]
-    assert page.rows[1:] == expected
+    for results in cached_results.values():
+        for result in results:
+            for player, signal in {"reference": result.reference, **result.audio}.items():
+                audio, rate = sf.read(out / result.id / f"{player}.wav", dtype="float32")
+                assert rate == 22050
+                np.testing.assert_allclose(audio, signal.numpy(), atol=1 / 2**15, rtol=0)  # 16-bit PCM
+            assert (out / result.id / "mels.png").read_bytes().startswith(b"\x89PNG")
+    header = ["clip", "system", *heldout.METRICS.values()]
+    expected = [expected_rows(results) for results in cached_results.values()]
+    assert page.rows == [header, *expected[0], header, *expected[1]]
     # The RTF mean is weighted by length, which the clips' different lengths make differ from the plain mean.
-    assert f"{np.mean([r.scores['diffwave']['rtf'] for r in cached_results]):.3f}" != expected[-2][-1]
+    seen = cached_results["Seen speaker (LJSpeech)"]
+    assert f"{np.mean([r.scores['diffwave']['rtf'] for r in seen]):.3f}" != expected[0][-3][-1]
     assert "Clips: LJSpeech (public domain), see recipes/demo/clips/CREDITS.md." in page.text
-    markdown = [[cell.strip().strip("*") for cell in line.strip("|").split("|")]
-                for line in (out / "metrics.md").read_text().splitlines()[2:]]
-    assert markdown == expected
+    assert "Clips: June Wallack (CC-BY-SA-3.0), see recipes/demo/unseen/CREDITS.md." in page.text
+    lines = (out / "metrics.md").read_text().splitlines()
+    assert lines[0] == "**Seen speaker (LJSpeech)**" and "**Unseen speaker (June)**" in lines
+    assert lines[-1] == "another table"
+    table = [[cell.strip().strip("*") for cell in line.strip("|").split("|")] for line in lines
+             if line.startswith("| ") and not line.startswith("| clip ")]
+    assert table == expected[0] + expected[1]
 
 
 def test_the_bundled_clips_are_small_credited_flac():
@@ -138,14 +158,16 @@ def test_demo_page_references_only_files_that_exist(tmp_path):
     page.feed((out / "index.html").read_text())
     wavs = [link for link in page.links if link.endswith(".wav")]
     pngs = [link for link in page.links if link.endswith(".png")]
-    assert sorted(wavs) == ["LJ001-0001/diffwave.wav", "LJ001-0001/griffin_lim.wav", "LJ001-0001/reference.wav"]
-    assert pngs == ["LJ001-0001/mels.png"]
+    first = ("LJ001-0001", UNSEEN_IDS[0])  # --limit 1: the first clip of each set
+    assert sorted(wavs) == sorted(f"{clip}/{player}.wav" for clip in first for player in PLAYERS)
+    assert pngs == [f"{clip}/mels.png" for clip in first]
     for link in page.links:
         assert (out / link).is_file() and (out / link).stat().st_size > 0, link
-    lengths = {sf.info(out / wav).frames for wav in wavs}
-    assert len(lengths) == 1 and 0.9 * 22050 < lengths.pop() <= 22050
+    for clip in first:
+        lengths = {sf.info(out / wav).frames for wav in wavs if wav.startswith(clip)}
+        assert len(lengths) == 1 and 0.9 * 22050 < lengths.pop() <= 22050
     assert all(sf.info(out / wav).samplerate == 22050 for wav in wavs)
-    assert (out / pngs[0]).read_bytes().startswith(b"\x89PNG")
+    assert all((out / png).read_bytes().startswith(b"\x89PNG") for png in pngs)
     for metric in ("log-mel L1", "MR-STFT", "PESQ wb", "STOI", "RTF"):
         assert any(header.startswith(metric) for header in page.headers), metric
-    assert "Griffin-Lim" in (out / "metrics.md").read_text()
+    assert all(label in (out / "metrics.md").read_text() for label in LABELS)

@@ -50,7 +50,10 @@ def test_ship_writes_weights_card_manifest_and_readme_that_agree(scratch, tiny_c
     assert (target / "tiny_curve.png").read_bytes().startswith(b"\x89PNG")
     readme = (scratch / "README.md").read_text()
     assert "old table" not in readme and readme.endswith(ship.README_END + "\nrest\n")
-    assert "| DiffWave |" in readme and "| Griffin-Lim |" in readme and "Step 20" in readme
+    assert "Step 20" in readme
+    for clips in (ship.SEEN, ship.UNSEEN):  # every set has a row of each system, in the README and the card
+        for system in ("DiffWave", "Griffin-Lim 100", "Griffin-Lim + envelope"):
+            assert f"| {clips} | {system} |" in readme and f"| {clips} | {system} |" in card
     (row,) = ship.read_history(scratch / "history.tsv")
     assert row["step"] == "20" and 0 <= float(row["diffwave_stoi"]) <= 1
     Vocoder.from_checkpoint(target / entry.file)  # loads as shipped

@@ -47,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 MAX_BYTES = 15 * 10**6
 README_START, README_END = "<!-- pretrained-metrics:start", "<!-- pretrained-metrics:end -->"
+SEEN, UNSEEN = "Seen speaker (LJSpeech)", "Unseen speaker (June)"  # the held-out sets, scored apart
 HISTORY_FIELDS = ["step", "wall_hours", "cpu_hours"] + [f"{system}_{metric}" for system in heldout.SYSTEMS
                                                         for metric in heldout.METRICS]
 logger = logging.getLogger("ship")
@@ -132,14 +133,9 @@ def corpus_summary(features: Path, heldout_ids: list[str]) -> dict[str, str]:
             "corpus_counts": f"{allison} Allison clips and {len(train) - allison} LJSpeech clips"}
 
 
-def readme_block(results: list[heldout.ClipResult], step: int, cpu_hours: float, setup: str) -> str:
-    """The README's copy of the card's mean scores, between its markers."""
-    means = heldout.means(results)
-    lines = [f"Step {step} ({cpu_hours:.1f} CPU-hours of training); {setup}:", "",
-             "| system | " + " | ".join(heldout.METRICS.values()) + " |", "|---|" + "---|" * len(heldout.METRICS)]
-    lines += [f"| {label} | " + " | ".join(f"{means[system][m]:.3f}" for m in heldout.METRICS) + " |"
-              for system, label in heldout.SYSTEMS.items()]
-    return "\n".join(lines)
+def readme_block(sets: dict[str, list[heldout.ClipResult]], step: int, cpu_hours: float, setup: str) -> str:
+    """The README's copy of the card's mean scores (one row per set and system), between its markers."""
+    return f"Step {step} ({cpu_hours:.1f} CPU-hours of training); {setup}:\n\n{heldout.summary_table(sets)}"
 
 
 def replace_between_markers(path: Path, text: str, markers: tuple[str, str] = (README_START, README_END)) -> None:
@@ -161,7 +157,8 @@ def shipping_parser(description: str, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--features", type=Path, required=True,
                         help="the run's feature folder (for the card's data counts)")
     parser.add_argument("--name", default=name)
-    parser.add_argument("--clips", type=Path, default=ROOT / "recipes" / "demo" / "clips")
+    parser.add_argument("--clips", type=Path, default=ROOT / "recipes" / "demo" / "clips",
+                        help="held-out clips of a speaker in the training data (default: the demo's LJSpeech clips)")
     parser.add_argument("--cores", type=int, default=2, help="CPU cores the training run had")
     parser.add_argument("--work", type=Path, default=ROOT / "exp" / "ship", help="scratch folder for the export")
     parser.add_argument("--target", type=Path, help="where the weights, card and manifest go (default: the package)")
@@ -183,6 +180,8 @@ def run_shipping(ship_function: Callable[[argparse.Namespace], None], args: argp
 def main(argv: list[str] | None = None) -> int:
     parser = shipping_parser(__doc__.split("\n\n")[0], "voice")
     parser.add_argument("--history", type=Path, default=HERE / "history.tsv", help="held-out scores of each export")
+    parser.add_argument("--unseen", type=Path, default=ROOT / "recipes" / "demo" / "unseen",
+                        help="held-out clips of a speaker the voice never heard (default: the demo's June clips)")
     parser.add_argument("--crop-seconds", type=float, help="score only the first S seconds of each clip (quick runs)")
     return run_shipping(ship, parser.parse_args(argv))
 
@@ -227,11 +226,12 @@ def ship(args: argparse.Namespace) -> None:
     step = step_of(exported)
 
     vocoder = Vocoder.from_checkpoint(exported, device="cpu")
-    clips = heldout.read_clips(args.clips, vocoder.sample_rate, args.crop_seconds)
-    data = corpus_summary(args.features, list(clips))
-    logger.info("scoring %d held-out clips (DiffWave and Griffin-Lim)", len(clips))
-    results = heldout.compare(vocoder, clips)
-    means = heldout.means(results)
+    sets = heldout.read_sets({SEEN: args.clips, UNSEEN: args.unseen}, vocoder.sample_rate, args.crop_seconds)
+    data = corpus_summary(args.features, [clip for clips in sets.values() for clip in clips])
+    logger.info("scoring %s held-out clips (DiffWave and the network-free baselines)",
+                " + ".join(str(len(clips)) for clips in sets.values()))
+    results = heldout.compare_sets(vocoder, sets)
+    means = heldout.means(results[SEEN])  # the quality curve follows the seen speaker, as it always has
 
     hours, valid = training_curve(checkpoint.resolve().parent.parent, config.train.log_every)
     wall = hours_at(hours, step)
@@ -246,18 +246,19 @@ def ship(args: argparse.Namespace) -> None:
     description = (f"DiffWave {config.model.residual_layers} layers x {config.model.residual_channels} channels "
                    f"({config.diffusion.prior} prior), {config.audio.sample_rate} Hz {config.audio.mel_preset} "
                    f"mels; Allison + LJSpeech, step {step}")
-    setup = heldout.describe_setup(vocoder, clips)
+    setup = heldout.describe_setup(vocoder, sets)
     fields = data | {
         "name": args.name, "description": description, "file": exported.name, "sha256": digest,
         "size_mb": f"{size / 1e6:.1f}", "parameters": f"{sum(w.numel() for w in weights.values()):,}",
         "checkpoint": str(checkpoint), "step": str(step), "date": datetime.date.today().isoformat(),
-        "sample_rate": str(config.audio.sample_rate), "heldout": ", ".join(clips),
+        "sample_rate": str(config.audio.sample_rate), "heldout": ", ".join(sets[SEEN]),
         "steps_text": (f"{step} steps of batch {config.train.batch_size} (crops of {config.data.crop_frames} frames), "
                        f"{wall:.2f} wall-clock hours on {args.cores} CPU cores = {wall * args.cores:.2f} CPU-hours "
                        "(from the run's TensorBoard logs)."),
         "curve": f"![validation loss and held-out quality against CPU-hours]({curve})",
         "config": config_to_yaml(config).strip(), "setup": setup,
-        "metrics": heldout.markdown_table(results), "history": history_table(history),
+        "summary": heldout.summary_table(results), "metrics": heldout.markdown_tables(results),
+        "history": history_table(history),
         "tried": (HERE / "tried_configs.md").read_text().strip(),
     }
     text = string.Template((HERE / "card.md.tmpl").read_text()).substitute(fields)
@@ -270,7 +271,7 @@ def ship(args: argparse.Namespace) -> None:
     replace_between_markers(args.readme, readme_block(results, step, wall * args.cores, setup))
     print(f"ship: {args.name} (step {step}, {size / 1e6:.1f} MB, sha256 {digest[:12]}...) written to {target}; "
           f"card {target / card}")
-    print(heldout.markdown_table(results))
+    print(heldout.summary_table(results))
 
 
 def step_of(exported: Path) -> int:
