@@ -194,23 +194,13 @@ def _pretrained_command(args: argparse.Namespace) -> None:
 
 
 def _generate_command(args: argparse.Namespace) -> None:
-    import time
-
-    import torch
-
     from diffwave.checkpoints import load_unconditional
-    from diffwave.inference.generate import generate, write_clips
+    from diffwave.inference.files import generate_files
 
     model, config = load_unconditional(args.checkpoint, device=args.device)
-    generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
-    start = time.perf_counter()
-    clips = generate(model, config, args.n, args.seconds, _sampling_options(args), generator=generator,
-                     batch_size=args.batch_size)
-    seconds = time.perf_counter() - start
-    paths = write_clips(clips, args.out, config.audio.sample_rate, force=args.force)
-    audio_seconds = sum(clip.numel() for clip in clips) / config.audio.sample_rate
-    print(f"generate: {len(paths)} files, {audio_seconds:.2f} s of audio in {seconds:.2f} s "
-          f"(real-time factor {seconds / audio_seconds:.3f}); wavs in {args.out}")
+    summary = generate_files(model, config, args.n, args.seconds, args.out, _sampling_options(args), seed=args.seed,
+                             batch_size=args.batch_size, force=args.force)
+    print(f"generate: {summary.line()}; wavs in {args.out}")
 
 
 def _denoise_command(args: argparse.Namespace) -> int | None:

@@ -1,4 +1,5 @@
-"""Runs over files: `vocode` (mel files or audio files in, WAV files out) and `denoise` (audio in, audio out).
+"""Runs over files: `vocode` (mel files or audio files in, WAV files out), `denoise` (audio in, audio out) and
+`generate` (WAV files out).
 
 One bad input is reported and skipped; the others are still processed. Outputs are written atomically,
 never over an input, and over an existing file only when asked.
@@ -23,6 +24,7 @@ from diffwave.config import Config
 from diffwave.data.corpus import AUDIO_SUFFIXES
 from diffwave.errors import DiffwaveError, VocodeError
 from diffwave.inference.denoise import denoise
+from diffwave.inference.generate import generate
 from diffwave.inference.options import Sampling, SamplingOptions
 from diffwave.inference.vocoder import Vocoder
 from diffwave.model import DiffWave
@@ -241,4 +243,31 @@ def denoise_files(model: DiffWave, config: Config, inputs: Sequence[str | Path],
         summary.files += 1
         summary.audio_seconds += result.audio.numel() / rate
     summary.wall_seconds = time.perf_counter() - start
+    return summary
+
+
+def write_clips(clips: list[torch.Tensor], out: str | Path, sample_rate: int, *, prefix: str = "sample",
+                force: bool = False) -> list[Path]:
+    """OUT/prefix_000.wav ... (OUT made when missing), or the file OUT for a single clip (`-o one.wav`),
+    atomically; existing files are replaced only with `force`."""
+    paths = output_targets(out, [f"{prefix}_{i:03d}.wav" for i in range(len(clips))])
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        raise DiffwaveError(f"{existing[0]} already exists; pass --force to replace it")
+    for path, clip in zip(paths, clips, strict=True):
+        write_audio(path, clip, sample_rate)
+    return paths
+
+
+def generate_files(model: DiffWave, config: Config, count: int, seconds: float, out: str | Path,
+                   options: SamplingOptions | None = None, *, seed: int = 0, batch_size: int = 8,
+                   force: bool = False) -> RunSummary:
+    """`count` clips of `seconds` from noise into OUT/sample_NNN.wav (see `write_clips`), the noise seeded by
+    `seed` on the model's device; the summary times the generation, not the writing."""
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
+    start = time.perf_counter()
+    clips = generate(model, config, count, seconds, options, generator=generator, batch_size=batch_size)
+    summary = RunSummary(wall_seconds=time.perf_counter() - start)
+    summary.files = len(write_clips(clips, out, config.audio.sample_rate, force=force))
+    summary.audio_seconds = sum(clip.numel() for clip in clips) / config.audio.sample_rate
     return summary

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from diffwave.audio import write_audio
 from diffwave.config import Config, trained_steps
 from diffwave.diffusion import sample
 from diffwave.errors import DiffwaveError
-from diffwave.inference.files import output_targets
 from diffwave.inference.options import SamplingOptions, options_from, resolve
 from diffwave.model import DiffWave
 from diffwave.precision import autocast
@@ -50,16 +46,3 @@ def generate(model: DiffWave, config: Config, count: int, seconds: float, option
                            corrector_steps=resolved.corrector.steps, corrector_snr=resolved.corrector.snr)
             clips.extend(audio.float().cpu().clone())
     return clips
-
-
-def write_clips(clips: list[Tensor], out: str | os.PathLike[str], sample_rate: int, *,
-                prefix: str = "sample", force: bool = False) -> list[Path]:
-    """OUT/prefix_000.wav ... (OUT made when missing), or the file OUT for a single clip (`-o one.wav`),
-    atomically; existing files are replaced only with `force`."""
-    paths = output_targets(out, [f"{prefix}_{i:03d}.wav" for i in range(len(clips))])
-    existing = [p for p in paths if p.exists()]
-    if existing and not force:
-        raise DiffwaveError(f"{existing[0]} already exists; pass --force to replace it")
-    for path, clip in zip(paths, clips, strict=True):
-        write_audio(path, clip, sample_rate)
-    return paths
