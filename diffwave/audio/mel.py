@@ -24,6 +24,8 @@ lmnt gives N // hop + 1 frames and hifigan N // hop. For N a multiple of hop tha
 
 from __future__ import annotations
 
+import math
+
 import librosa
 import torch
 import torch.nn.functional as F
@@ -31,7 +33,7 @@ import torchaudio.functional as AF
 from torch import Tensor, nn
 
 from diffwave.config import AudioConfig
-from diffwave.errors import AudioError
+from diffwave.errors import AudioError, DiffwaveError
 
 LOG_FLOOR = 1e-5  # both references clamp magnitudes here before the log
 HIFIGAN_EPS = 1e-9  # added to re^2 + im^2 under the square root by HiFi-GAN
@@ -125,3 +127,25 @@ class LogMel(nn.Module):
             batch = batch.clamp(-1.0, 1.0)
         mel = self._compress(self.mel_basis @ self._magnitude(batch))
         return mel.squeeze(0) if audio.dim() == 1 else mel
+
+
+def check_mel_values(mel: Tensor, config: AudioConfig, what: str, error: type[DiffwaveError] = AudioError) -> None:
+    """Refuse non-finite values, and a value range that belongs to the other preset: a vocoder given another
+    front end's mel produces confident noise rather than an error."""
+    if not torch.isfinite(mel).all():
+        frame = int((~torch.isfinite(mel)).any(dim=0).nonzero()[0])
+        raise error(f"{what} has non-finite values (NaN or Inf), first at frame {frame}")
+    low, high = mel.min().item(), mel.max().item()
+    floor = math.log(LOG_FLOOR)  # hifigan mels are clamped here
+    if config.mel_preset == "lmnt" and low < -0.01:
+        raise error(f"{what} has values down to {low:.3g}: it looks like a natural-log (hifigan-style) mel, but this "
+                    "model expects lmnt mels in [0, 1]")
+    if config.mel_preset == "lmnt" and high > 1.01:
+        raise error(f"{what} has values up to {high:.3g}, outside [0, 1]: this model expects lmnt mels (a "
+                    "natural-log hifigan mel would not fit either)")
+    if config.mel_preset == "hifigan" and low >= 0.0 and high <= 1.0:
+        raise error(f"{what} lies entirely in [0, 1]: it looks like an lmnt mel in [0, 1], but this model expects "
+                    f"hifigan mels (natural-log magnitudes, from ln(1e-5) = {floor:.1f} up to about 5)")
+    if config.mel_preset == "hifigan" and (low < 2 * floor or high > 10.0):
+        raise error(f"{what} has values in [{low:.3g}, {high:.3g}]: this model expects hifigan mels (natural-log "
+                    f"magnitudes, from {floor:.1f} up to about 5), not lmnt [0, 1] mels nor decibels")

@@ -30,6 +30,7 @@ from torch import Tensor
 from diffwave.audio import LogMel, as_mono
 from diffwave.audio.griffin_lim import GRIFFIN_LIM_ITERATIONS, griffin_lim
 from diffwave.audio.io import is_channels_last
+from diffwave.audio.mel import check_mel_values
 from diffwave.audio.prior import EnergyPrior
 from diffwave.checkpoints import load_model
 from diffwave.config import Config
@@ -53,7 +54,6 @@ from diffwave.precision import autocast, resolve_dtype
 logger = logging.getLogger("diffwave.vocoder")
 
 MEL_MARGIN = 1  # mel frames beyond a window that make its conditioning exact (the upsampler reaches one frame)
-LOG_FLOOR = -11.5130  # ln(1e-5): hifigan mels are clamped here
 
 
 def _unconditional(what: str) -> VocodeError:
@@ -235,31 +235,9 @@ class Vocoder:
         items = []
         for i, size in enumerate(sizes):
             item = batch[i, :, :size].to(self.device, torch.float32)
-            self._check_values(item, f"{what} {i} of the batch" if batched else what)
+            check_mel_values(item, self._config.audio, f"{what} {i} of the batch" if batched else what, VocodeError)
             items.append(item)
         return items, batched
-
-    def _check_values(self, mel: Tensor, what: str) -> None:
-        """Refuse non-finite values and a value range that belongs to the other mel preset."""
-        if not torch.isfinite(mel).all():
-            frame = int((~torch.isfinite(mel)).any(dim=0).nonzero()[0])
-            raise VocodeError(f"{what} has non-finite values (NaN or Inf), first at frame {frame}")
-        low, high = mel.min().item(), mel.max().item()
-        preset = self._config.audio.mel_preset
-        if preset == "lmnt" and low < -0.01:
-            raise VocodeError(f"{what} has values down to {low:.3g}: it looks like a natural-log (hifigan-style) "
-                              "mel, but this model expects lmnt mels in [0, 1]")
-        if preset == "lmnt" and high > 1.01:
-            raise VocodeError(f"{what} has values up to {high:.3g}, outside [0, 1]: this model expects lmnt mels "
-                              "(a natural-log hifigan mel would not fit either)")
-        if preset == "hifigan" and low >= 0.0 and high <= 1.0:
-            raise VocodeError(f"{what} lies entirely in [0, 1]: it looks like an lmnt mel in [0, 1], but this model "
-                              f"expects hifigan mels (natural-log magnitudes, from ln(1e-5) = {LOG_FLOOR:.1f} up to "
-                              "about 5)")
-        if preset == "hifigan" and (low < 2 * LOG_FLOOR or high > 10.0):
-            raise VocodeError(f"{what} has values in [{low:.3g}, {high:.3g}]: this model expects hifigan mels "
-                              f"(natural-log magnitudes, from {LOG_FLOOR:.1f} up to about 5), not lmnt [0, 1] "
-                              "mels nor decibels")
 
     # --- synthesis ------------------------------------------------------------------------------------
     def _synthesise(self, sampling: Sampling, mels: list[Tensor], noises: list[PositionalNoise],
