@@ -256,22 +256,28 @@ class DiffWave(nn.Module):
             raise ValueError(f"mask must be a bool tensor of shape {tuple(x.shape)}, got {mask.dtype} "
                              f"{tuple(mask.shape)}")
         self._check_conditioning(x, cond, mel)
+        gemm_dtype = tile_gemm_dtype(x)
+        if gemm_dtype is not None:  # CPU inference: model/cpu_kernels.py, whose GEMMs alone run in gemm_dtype
+            cond = cond if mel is None else self.condition(mel)  # under the caller's autocast: the engine's form
+            with torch.autocast("cpu", enabled=False):  # the per-step products around the stack: fp32, no casts
+                h = F.relu(self.input_projection(x.unsqueeze(1)))
+                steps = self.diffusion_embedding(t)
+                steps = torch.stack([layer.diffusion_projection(steps) for layer in self.residual_layers], 1)
+                return self._output(tiled_layers(self.residual_layers, h, steps, cond, mask, gemm_dtype))
         h = F.relu(self.input_projection(x.unsqueeze(1)))
         step_embedding = self.diffusion_embedding(t)
-        gemm_dtype = tile_gemm_dtype(x)
-        if gemm_dtype is not None:  # CPU inference: model/cpu_kernels.py
-            steps = torch.stack([layer.diffusion_projection(step_embedding) for layer in self.residual_layers], 1)
-            skip_sum = tiled_layers(self.residual_layers, h.float(), steps.float(),
-                                    cond if mel is None else self.condition(mel), mask, gemm_dtype)
-        else:
-            skip_sum = None
-            outside = None if mask is None else ~mask.unsqueeze(1)
-            upsampled = None if mel is None else self.spectrogram_upsampler(mel)
-            recomputed = self.recomputed_layers(h)
-            for i, layer in enumerate(self.residual_layers):
-                conditioning = upsampled if cond is None else cond[:, i]
-                h, skip_sum = layer(h, skip_sum, step_embedding, conditioning, outside,
-                                    projects=upsampled is not None, keep_gate=i >= recomputed)
+        skip_sum = None
+        outside = None if mask is None else ~mask.unsqueeze(1)
+        upsampled = None if mel is None else self.spectrogram_upsampler(mel)
+        recomputed = self.recomputed_layers(h)
+        for i, layer in enumerate(self.residual_layers):
+            conditioning = upsampled if cond is None else cond[:, i]
+            h, skip_sum = layer(h, skip_sum, step_embedding, conditioning, outside,
+                                projects=upsampled is not None, keep_gate=i >= recomputed)
+        return self._output(skip_sum)
+
+    def _output(self, skip_sum: Tensor) -> Tensor:
+        """The sum of the skips [B, C, N] through the skip and output projections: the estimate [B, N]."""
         h = skip_sum / math.sqrt(len(self.residual_layers))
         h = F.relu(self.skip_projection(h))
         return self.output_projection(h).squeeze(1)
