@@ -106,9 +106,17 @@ class DiffusionConfig:
     prior_floor: float = 0.1  # PriorGrad's smallest standard deviation
     prior_energy_min: float | None = None  # corpus statistics, set when training starts
     prior_energy_max: float | None = None
+    # An auxiliary loss on the clean-signal estimate x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t):
+    # this weight times the L1 distance of its log-mel to the clean audio's, for examples at steps 0..x0_max_step
+    # only (at high noise x0_hat is a blur whatever the network; WaveFM and FreGrad use such a term). 0: off.
+    x0_mel_weight: float = 0.0
+    x0_max_step: int = 10
 
     def __post_init__(self) -> None:
         _check_choice("diffusion", "schedule", self.schedule, SCHEDULES)
+        if self.x0_mel_weight < 0 or not 0 <= self.x0_max_step < self.num_steps:
+            raise ConfigError(f"diffusion.x0_mel_weight must be >= 0 and x0_max_step in 0..{self.num_steps - 1}, "
+                              f"got {self.x0_mel_weight} and {self.x0_max_step}")
         _check_choice("diffusion", "loss", self.loss, LOSS_KINDS)
         _check_choice("diffusion", "prior", self.prior, PRIORS)
         if not 0 < self.prior_floor <= 1:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffwave.audio import LogMel
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, ReversePlan, diffusion_loss, fast_schedule
 from diffwave.diffusion.consistency import distillation_loss
@@ -45,16 +46,33 @@ class DiffusionObjective:
         """Bind to the run's model (weights set), final config and schedule before the first step."""
         self.schedule, self.kind = schedule, config.diffusion.loss
         self.fast_schedule = config.diffusion.fast_schedule
+        self.x0_weight, self.x0_max_step = config.diffusion.x0_mel_weight, config.diffusion.x0_max_step
+        self.front_end = LogMel(config.audio).to(next(model.parameters()).device) if self.x0_weight else None
 
     def losses(self, network: NetworkCall, audio: Tensor, mel: Tensor | None, t: Tensor, noise: Tensor,
                std: Tensor | None, autocast: Autocast) -> Tensor:
         """Per-example loss of `network` on clean `audio` at steps t with standard `noise` (scaled by the prior's
-        std S, when there is one, inside diffusion_loss); the network runs under `autocast`, the loss in fp32."""
+        std S, when there is one, inside diffusion_loss); the network runs under `autocast`, the loss in fp32.
+        With diffusion.x0_mel_weight, plus that weight times `x0_mel_distance` at steps up to x0_max_step."""
+        seen: dict[str, Tensor] = {}
+
         def eps(x_t: Tensor, steps: Tensor) -> Tensor:
             with autocast():
-                return network(x_t, steps, mel)
+                seen["x_t"], seen["eps"] = x_t, network(x_t, steps, mel)
+            return seen["eps"]
 
-        return diffusion_loss(eps, self.schedule, audio, kind=self.kind, prior_std=std, steps=t, noise=noise)[0]
+        loss = diffusion_loss(eps, self.schedule, audio, kind=self.kind, prior_std=std, steps=t, noise=noise)[0]
+        if not self.x0_weight:
+            return loss
+        low_noise = (t <= self.x0_max_step).to(loss.dtype)
+        return loss + self.x0_weight * low_noise * self.x0_mel_distance(seen["x_t"], seen["eps"].float(), audio, t)
+
+    def x0_mel_distance(self, x_t: Tensor, eps_hat: Tensor, audio: Tensor, t: Tensor) -> Tensor:
+        """Per-example mean |log-mel(x0_hat) - log-mel(audio)|, x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) /
+        sqrt(abar_t): the clean signal the network's estimate implies (under a prior eps_hat already carries S)."""
+        alpha_bar = self.schedule.alpha_bars.to(x_t.device)[t][:, None]
+        x0_hat = (x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt()
+        return (self.front_end(x0_hat) - self.front_end(audio)).abs().mean(dim=(1, 2))
 
     def after_step(self, model: DiffWave) -> None:
         """After each optimizer step (the Trainer updates its EMA itself)."""
