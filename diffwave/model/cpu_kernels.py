@@ -288,6 +288,15 @@ def bf16_conditioning(cond: Tensor, weights: Bf16Weights) -> Tensor:
     return ((tm.float() + weights.conv_bias[:, None] / scale) * scale).to(torch.bfloat16)
 
 
+def bf16_gate(y: Tensor, out: Tensor) -> None:
+    """The gate sigmoid(a) tanh(f) = sigmoid(a) (1 - 2 sigmoid(-2 f)) of y = [a | -2 f] [T, 2C] (overwritten),
+    into out [T, C]: two passes in bf16 (a fused compiled kernel is the alternative benchmarks measure)."""
+    channels = out.shape[1]
+    y.sigmoid_()
+    gate, filter_ = y[:, :channels], y[:, channels:]  # sigmoid(gate), sigmoid(-2 filter)
+    torch.addcmul(gate, gate, filter_, value=-2.0, out=out)
+
+
 def bf16_row(dilations: list[int], h: Tensor, skip_sum: Tensor, steps: Tensor, weights: Bf16Weights,
              cond: Tensor | None, outside: Tensor | None, buffers: Bf16Buffers) -> None:
     """One utterance in bf16: h [N, C] (fp32, any strides), steps [L, C], cond [L, N, 2C] (engine form),
@@ -314,21 +323,21 @@ def bf16_row(dilations: list[int], h: Tensor, skip_sum: Tensor, steps: Tensor, w
         conv, out, bias = weights.conv[i], weights.out[i], weights.conv_bias_low[i]
 
         def im2col(tile: int, d: int = d) -> Tensor:
+            """The tile's three taps side by side [T, 3C], in one copy from a strided view of the stream."""
             low, high = tiles[tile]
             columns = buffers.columns[tile % 2][:high - low]
-            for k in range(3):
-                start = margin + low + (k - 1) * d
-                columns[:, k * channels:(k + 1) * channels].copy_(stream[start:start + high - low])
+            rows = state.stride(0)
+            taps = state.as_strided((high - low, 3, channels), (rows, d * rows, 1),
+                                    state.storage_offset() + (margin + low - d) * rows)
+            columns.view(high - low, 3, channels).copy_(taps)
             return columns
 
         columns = im2col(0)
         for tile, (low, high) in enumerate(tiles):
             y = buffers.pre_activation[:high - low]
             torch.addmm(bias if cond is None else cond[i, low:high], columns, conv, out=y)
-            y.sigmoid_()
             gated = buffers.gated[:high - low]
-            gate, filter_ = y[:, :channels], y[:, channels:]  # sigmoid(gate), sigmoid(-2 filter)
-            torch.addcmul(gate, gate, filter_, value=-2.0, out=gated[:, :channels])
+            bf16_gate(y, gated[:, :channels])
             if tile + 1 < len(tiles):
                 columns = im2col(tile + 1)  # its halo reads this tile's rows before they are updated
             rows = state[margin + low:margin + high]
