@@ -141,7 +141,7 @@ def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", choices=tuple(INITS), default=NOISE,
                         help="where the chain starts: " + "; ".join(starts))
     parser.add_argument("--start-step", type=int, metavar="K",
-                        help="with --init griffin-lim: refine through the plan's last K states (1 .. its length; "
+                        help="with a Griffin-Lim --init: refine through the plan's last K states (1 .. its length; "
                              "K network passes)")
     _add_device_argument(parser)
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",

@@ -26,6 +26,9 @@ from diffwave.precision import PRECISIONS
 MEL_PRESETS = ("hifigan", "lmnt")
 SCHEDULES = ("linear", "cosine")
 PRIORS = ("standard", "priorgrad")
+# Where a vocoder's reverse chain starts (inference/options.py says what each one is): pure noise, a Griffin-Lim
+# estimate of the mel, or that estimate rescaled toward the mel's envelope (audio/griffin_lim.rescale_to_mel).
+INITS = ("noise", "griffin-lim", "griffin-lim-envelope")
 
 
 def _check_choice(section: str, key: str, value: str, choices: Sequence[str]) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from diffwave import cli
 from diffwave.audio import num_frames
-from diffwave.audio.griffin_lim import GRIFFIN_LIM_ITERATIONS, griffin_lim
+from diffwave.audio.griffin_lim import GRIFFIN_LIM_ITERATIONS, griffin_lim, rescale_to_mel
 from diffwave.checkpoints import FORMAT_VERSION, export_safetensors, load_checkpoint
 from diffwave.config import config_to_dict, load_config
 from diffwave.diffusion import ReversePlan
@@ -350,18 +350,24 @@ def griffin_lim_chain(vocoder: Vocoder, model: GaussianNetwork, mel: torch.Tenso
     return run_chain(plan, start, draws, 0.2, mean, prior_std).clamp(-1.0, 1.0)
 
 
-@pytest.mark.parametrize("k", [1, 3, 6])
-def test_griffin_lim_start_refines_the_estimate_through_the_last_k_states(k: int) -> None:
-    """With a perfect network for Gaussian data (tests.analytic), the chain from a Griffin-Lim start is affine:
-    the vocoder's audio must equal the step formulas applied to the noised estimate, to fp32 rounding; the
-    controls show that the check sees the estimate, the state it enters at and the noise of that state."""
+def gaussian_vocoder_and_mel() -> tuple[Vocoder, GaussianNetwork, torch.Tensor]:
+    """The tiny config's vocoder around a perfect network for Gaussian data, and the mel of a tone that drops
+    to 5% of its level half-way."""
     config = load_config("tiny")
     torch.manual_seed(0)
     model = GaussianNetwork(config, std=0.2)
     vocoder = Vocoder(model, config, device="cpu")
     tone = harmonic_tone(RATE, 0.3, f0=180.0)
     tone[len(tone) // 2:] *= 0.05
-    mel = vocoder.mel(tone, RATE)
+    return vocoder, model, vocoder.mel(tone, RATE)
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_griffin_lim_start_refines_the_estimate_through_the_last_k_states(k: int) -> None:
+    """With a perfect network for Gaussian data (tests.analytic), the chain from a Griffin-Lim start is affine:
+    the vocoder's audio must equal the step formulas applied to the noised estimate, to fp32 rounding; the
+    controls show that the check sees the estimate, the state it enters at and the noise of that state."""
+    vocoder, model, mel = gaussian_vocoder_and_mel()
     assert len(vocoder.plan()) == 6
     mine = vocoder.vocode(mel, init="griffin-lim", start_step=k, generator=seeded(3), chunk_seconds=None).double()
     expected = griffin_lim_chain(vocoder, model, mel, k, 3)
@@ -373,6 +379,26 @@ def test_griffin_lim_start_refines_the_estimate_through_the_last_k_states(k: int
     assert (without_estimate - mine).abs().max() > 1e-3  # 100 x the tolerance; the full chain forgets most of it
     if k < 6:  # entering one state higher is another chain
         assert (griffin_lim_chain(vocoder, model, mel, k + 1, 3) - mine).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_griffin_lim_envelope_start_refines_the_rescaled_estimate(k: int) -> None:
+    """init griffin-lim-envelope: the same chain from the Griffin-Lim estimate rescaled toward the mel by the
+    network-free control (rescale_to_mel, clamped), computed here independently; the plain Griffin-Lim start
+    (same seed, same K) is another chain, so the check sees the rescaling."""
+    vocoder, model, mel = gaussian_vocoder_and_mel()
+    mine = vocoder.vocode(mel, init="griffin-lim-envelope", start_step=k, generator=seeded(3),
+                          chunk_seconds=None).double()
+    utterance = utterance_seed(draw_seed(seeded(3)), mel)
+    plain = griffin_lim(mel, vocoder.config.audio, GRIFFIN_LIM_ITERATIONS, seed=utterance)
+    rescaled = rescale_to_mel(plain, mel, vocoder.config.audio).clamp(-1.0, 1.0)
+    assert (rescaled - plain).abs().max() > 1e-2  # the rescaling moves the estimate
+    expected = griffin_lim_chain(vocoder, model, mel, k, 3, estimate=rescaled)
+    assert mine.abs().max() > 0.1
+    torch.testing.assert_close(mine, expected, atol=1e-5, rtol=0)
+    from_plain = vocoder.vocode(mel, init="griffin-lim", start_step=k, generator=seeded(3), chunk_seconds=None)
+    torch.testing.assert_close(from_plain.double(), griffin_lim_chain(vocoder, model, mel, k, 3), atol=1e-5, rtol=0)
+    assert (from_plain.double() - mine).abs().max() > 1e-3  # 100 x the tolerance
 
 
 def test_griffin_lim_start_is_batch_independent_and_chunks_like_the_whole(vocoder: Vocoder) -> None:
@@ -401,7 +427,9 @@ def test_griffin_lim_start_is_batch_independent_and_chunks_like_the_whole(vocode
     (dict(init="griffin-lim", start_step=0), "start_step must be a whole number in 1..6"),
     (dict(init="griffin-lim", start_step=7), "start_step must be a whole number in 1..6"),
     (dict(init="griffin-lim", sampler="ddim", steps=4, start_step=5), "start_step must be a whole number in 1..4"),
-    (dict(start_step=2), "start_step applies to init 'griffin-lim' only"),
+    (dict(init="griffin-lim-envelope"), "init 'griffin-lim-envelope' needs start_step K"),
+    (dict(init="griffin-lim-envelope", start_step=7), "start_step must be a whole number in 1..6"),
+    (dict(start_step=2), "start_step applies to init 'griffin-lim' or 'griffin-lim-envelope' only"),
     (dict(init="sdedit"), "unknown init 'sdedit'"),
 ])
 def test_bad_start_options_are_refused_before_any_work(vocoder: Vocoder, options: dict, message: str) -> None:
@@ -409,15 +437,16 @@ def test_bad_start_options_are_refused_before_any_work(vocoder: Vocoder, options
         vocoder.vocode(torch.zeros(3, 5), **options)  # a bad mel too: never reached
 
 
-def test_cli_griffin_lim_start(checkpoint: Path, vocoder: Vocoder, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("init", ["griffin-lim", "griffin-lim-envelope"])
+def test_cli_griffin_lim_start(checkpoint: Path, vocoder: Vocoder, tmp_path: Path, capsys, init: str) -> None:
     """The flags reach the vocoder (same audio as the API) and a bad K is one clear line, exit code 2."""
     mel = tone_mel(vocoder, 0.3)
     np.save(tmp_path / "a.npy", mel.numpy())
     common = ["vocode", str(tmp_path / "a.npy"), "--checkpoint", str(checkpoint), "--device", "cpu", "--dtype",
-              "fp32", "--init", "griffin-lim"]
+              "fp32", "--init", init]
     assert cli.main([*common, "--start-step", "2", "-o", str(tmp_path / "out.wav")]) == 0
     written, _ = sf.read(tmp_path / "out.wav", dtype="float32")
-    api = vocoder.vocode(mel, init="griffin-lim", start_step=2, generator=torch.Generator().manual_seed(0))
+    api = vocoder.vocode(mel, init=init, start_step=2, generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(written, api.numpy(), atol=1 / 2**15, rtol=0)
     assert cli.main([*common, "--start-step", "9", "-o", str(tmp_path / "bad.wav")]) == 2
     assert "start_step must be a whole number in 1..6" in capsys.readouterr().err

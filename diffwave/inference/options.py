@@ -2,7 +2,8 @@
 
 `SamplingOptions` is what a user asks for: the CLI's flags, or the keyword arguments of `Vocoder.vocode`,
 `vocode_files` and `generate`: a sampler with its steps or fast schedule, the corrector, where the chain starts
-(pure noise, or a Griffin-Lim estimate refined through the last `start_step` states of the plan) and the
+(pure noise, or a Griffin-Lim estimate, plain or rescaled toward the mel's envelope, refined through the last
+`start_step` states of the plan) and the
 network's precision. `resolve` checks them against a model once and returns a `Sampling` (the plan, the
 corrector, the prior), which the inner layers pass along without reading the options again.
 """
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from diffwave.audio.prior import EnergyPrior
+from diffwave.config import INITS as INIT_NAMES
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, ReversePlan
 from diffwave.diffusion.reverse_plans import plan_for, starting_at
@@ -24,11 +26,15 @@ from diffwave.errors import DiffwaveError
 from diffwave.model.cpu_kernels import LayerWorkload
 from diffwave.precision import resolve_dtype
 
-NOISE, GRIFFIN_LIM = "noise", "griffin-lim"
-INITS = {NOISE: "the plan's noisiest state, drawn from the prior (the default)",
-         GRIFFIN_LIM: "a Griffin-Lim estimate of the mel (100 iterations), noised to the level of the plan's state "
-                      "start_step - 1, then refined through the plan's last start_step states (a shallow-diffusion "
-                      "warm start)"}
+NOISE, GRIFFIN_LIM, GRIFFIN_LIM_ENVELOPE = INIT_NAMES
+GRIFFIN_LIM_INITS = (GRIFFIN_LIM, GRIFFIN_LIM_ENVELOPE)  # the starts from an estimate, which take start_step
+INITS = dict(zip(INIT_NAMES, (
+    "the plan's noisiest state, drawn from the prior (the default)",
+    "a Griffin-Lim estimate of the mel (100 iterations), noised to the level of the plan's state start_step - 1, "
+    "then refined through the plan's last start_step states (a shallow-diffusion warm start)",
+    "the same Griffin-Lim estimate with each STFT band and frame first rescaled toward the mel (16 passes, phase "
+    "kept: the network-free control of audio/griffin_lim.rescale_to_mel), then noised and refined the same way"),
+    strict=True))
 
 
 @dataclass(frozen=True)
@@ -101,19 +107,20 @@ def resolve(options: SamplingOptions, config: Config, *, device: torch.device | 
 
 def _start(plan: ReversePlan, options: SamplingOptions, config: Config, error: type[DiffwaveError]) -> ReversePlan:
     """The plan the chain runs from its start: all of it from noise, or its last start_step states from a
-    Griffin-Lim estimate."""
-    if options.init not in INITS:
-        raise error(f"unknown init '{options.init}', expected one of {', '.join(INITS)}")
-    if options.init == NOISE:
+    Griffin-Lim estimate (plain or envelope-rescaled)."""
+    init = options.init
+    if init not in INITS:
+        raise error(f"unknown init '{init}', expected one of {', '.join(INITS)}")
+    if init == NOISE:
         if options.start_step is not None:
-            raise error(f"start_step applies to init '{GRIFFIN_LIM}' only: a chain from noise runs the whole plan")
+            raise error(f"start_step applies to init {' or '.join(repr(name) for name in GRIFFIN_LIM_INITS)} only: "
+                        "a chain from noise runs the whole plan")
         return plan
     if not config.model.conditional:
-        raise error(f"init '{GRIFFIN_LIM}' refines an estimate made from a mel: it needs a conditional (vocoder) "
-                    "model")
+        raise error(f"init '{init}' refines an estimate made from a mel: it needs a conditional (vocoder) model")
     k = options.start_step
     if k is None:
-        raise error(f"init '{GRIFFIN_LIM}' needs start_step K: refine the estimate through the last K of the "
+        raise error(f"init '{init}' needs start_step K: refine the estimate through the last K of the "
                     f"{len(plan)} states of plan '{plan.name}' (1..{len(plan)})")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(plan):
         raise error(f"start_step must be a whole number in 1..{len(plan)} (plan '{plan.name}' has {len(plan)} "

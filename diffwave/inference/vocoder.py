@@ -28,7 +28,7 @@ import torchaudio.functional as AF
 from torch import Tensor
 
 from diffwave.audio import LogMel, as_mono
-from diffwave.audio.griffin_lim import GRIFFIN_LIM_ITERATIONS, griffin_lim
+from diffwave.audio.griffin_lim import GRIFFIN_LIM_ITERATIONS, griffin_lim, rescale_to_mel
 from diffwave.audio.io import is_channels_last
 from diffwave.audio.mel import check_mel_values
 from diffwave.audio.prior import EnergyPrior
@@ -46,7 +46,14 @@ from diffwave.inference.chunking import (
     overlap_add,
     utterance_seed,
 )
-from diffwave.inference.options import GRIFFIN_LIM, Sampling, SamplingOptions, options_from, resolve
+from diffwave.inference.options import (
+    GRIFFIN_LIM_ENVELOPE,
+    GRIFFIN_LIM_INITS,
+    Sampling,
+    SamplingOptions,
+    options_from,
+    resolve,
+)
 from diffwave.model import DiffWave
 from diffwave.model.cpu_kernels import LayerWorkload
 from diffwave.precision import autocast, resolve_dtype
@@ -156,7 +163,8 @@ class Vocoder:
         Griffin-Lim start (`init="griffin-lim", start_step=K`): each utterance's Griffin-Lim estimate x_GL
         (audio.griffin_lim, 100 iterations) enters the plan at its state K - 1 as
         x = sqrt(abar) x_GL + sqrt(1 - abar) S eps (S: the prior's standard deviations, 1 without one), and the
-        last K states of the plan refine it: K network passes.
+        last K states of the plan refine it: K network passes. `init="griffin-lim-envelope"` first rescales x_GL
+        toward the mel (audio.griffin_lim.rescale_to_mel, clamped to [-1, 1]: the network-free control).
 
         Randomness: one base seed is drawn from `generator` (torch's global generator when None), and each
         utterance's noise is seeded by that base seed and its own mel values, per block of absolute sample
@@ -244,8 +252,8 @@ class Vocoder:
                     layout: ChunkLayout) -> list[Tensor]:
         """Window by window (chunk-major), all utterances that reach window k in one padded batch."""
         starts = None
-        if sampling.init == GRIFFIN_LIM:  # one estimate per utterance, sliced per window
-            starts = [griffin_lim(item, self._config.audio, GRIFFIN_LIM_ITERATIONS, seed=noise.seed)
+        if sampling.init in GRIFFIN_LIM_INITS:  # one estimate per utterance, sliced per window
+            starts = [self._griffin_lim_start(sampling.init, item, noise.seed)
                       for item, noise in zip(mels, noises, strict=True)]
 
         def run(active: list[int], spans: list[tuple[int, int]]) -> Tensor:
@@ -254,6 +262,14 @@ class Vocoder:
 
         outputs = overlap_add(layout, [item.shape[-1] for item in mels], self.hop_length, run)
         return [output.clamp_(-1.0, 1.0) for output in outputs]
+
+    def _griffin_lim_start(self, init: str, mel: Tensor, seed: int) -> Tensor:
+        """The estimate a Griffin-Lim start refines: Griffin-Lim's audio for `mel`, rescaled toward it for
+        init griffin-lim-envelope."""
+        estimate = griffin_lim(mel, self._config.audio, GRIFFIN_LIM_ITERATIONS, seed=seed)
+        if init == GRIFFIN_LIM_ENVELOPE:
+            estimate = rescale_to_mel(estimate, mel, self._config.audio).clamp_(-1.0, 1.0)
+        return estimate
 
     def _reverse_chain(self, sampling: Sampling, mels: list[Tensor], noises: list[PositionalNoise],
                        spans: list[tuple[int, int]], starts: list[Tensor] | None = None) -> Tensor:
