@@ -18,7 +18,7 @@ from diffwave.diffusion.reverse_plans import SAMPLERS
 from diffwave.diffusion.sampling import CORRECTOR_SNR
 from diffwave.errors import DiffwaveError
 from diffwave.inference.denoise import DEFAULT_TARGET_RMS
-from diffwave.inference.options import INITS, NOISE, SamplingOptions
+from diffwave.inference.options import INITS, SamplingOptions
 
 if TYPE_CHECKING:
     from diffwave.training.trainer import TrainResult
@@ -128,7 +128,7 @@ def _sampling_options(args: argparse.Namespace) -> SamplingOptions:
     """The SamplingOptions a command's flags ask for (--init and --start-step are vocode's only)."""
     return SamplingOptions(sampler=args.sampler, steps=args.steps, schedule=_parse_schedule(args.schedule),
                            corrector_steps=args.corrector_steps, corrector_snr=args.corrector_snr,
-                           init=getattr(args, "init", NOISE), start_step=getattr(args, "start_step", None))
+                           init=getattr(args, "init", None), start_step=getattr(args, "start_step", None))
 
 
 def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,11 +138,12 @@ def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", required=True, help=_OUT_HELP)
     _add_sampling_arguments(parser)
     starts = (f"{name}: {doc.replace('start_step', '--start-step')}" for name, doc in INITS.items())
-    parser.add_argument("--init", choices=tuple(INITS), default=NOISE,
-                        help="where the chain starts: " + "; ".join(starts))
+    parser.add_argument("--init", choices=tuple(INITS),
+                        help="where the chain starts (default: the model's diffusion.init, noise unless the model "
+                             "sets another; `diffwave pretrained` shows a shipped voice's): " + "; ".join(starts))
     parser.add_argument("--start-step", type=int, metavar="K",
                         help="with a Griffin-Lim --init: refine through the plan's last K states (1 .. its length; "
-                             "K network passes)")
+                             "K network passes; default: the model's diffusion.init_start_step)")
     _add_device_argument(parser)
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="auto (default): bf16 on CPUs with bf16 matrix units (AMX, AVX512-BF16), else fp32; "

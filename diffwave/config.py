@@ -114,9 +114,20 @@ class DiffusionConfig:
     # only (at high noise x0_hat is a blur whatever the network; WaveFM and FreGrad use such a term). 0: off.
     x0_mel_weight: float = 0.0
     x0_max_step: int = 10
+    # Where `vocode` starts the reverse chain when the caller does not say (INITS): "noise" runs the whole plan;
+    # a Griffin-Lim init refines its estimate through the plan's last init_start_step states.
+    init: str = "noise"
+    init_start_step: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice("diffusion", "schedule", self.schedule, SCHEDULES)
+        _check_choice("diffusion", "init", self.init, INITS)
+        if self.init == INITS[0] and self.init_start_step is not None:
+            raise ConfigError(f"diffusion.init_start_step applies to a Griffin-Lim init only (a chain from noise runs "
+                              f"the whole plan), got {self.init_start_step} with init '{self.init}'")
+        if self.init != INITS[0] and (self.init_start_step is None or self.init_start_step < 1):
+            raise ConfigError(f"diffusion.init '{self.init}' needs init_start_step >= 1 (how many of the plan's last "
+                              f"states refine the estimate), got {self.init_start_step}")
         if self.x0_mel_weight < 0 or not 0 <= self.x0_max_step < self.num_steps:
             raise ConfigError(f"diffusion.x0_mel_weight must be >= 0 and x0_max_step in 0..{self.num_steps - 1}, "
                               f"got {self.x0_mel_weight} and {self.x0_max_step}")

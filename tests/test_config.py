@@ -58,6 +58,10 @@ def test_partial_yaml_is_merged_onto_the_defaults(tmp_path):
     ("base", ["diffusion.beta_end=1.5"], "beta_start <= beta_end < 1"),
     ("base", ["diffusion.fast_schedule=[0.1,2.0]"], "fast_schedule must be"),
     ("nope", [], "neither a preset"),
+    ("base", ["diffusion.init=sdedit"], "diffusion.init is 'sdedit', expected one of: noise, griffin-lim"),
+    ("base", ["diffusion.init=griffin-lim"], "diffusion.init 'griffin-lim' needs init_start_step >= 1"),
+    ("base", ["diffusion.init=griffin-lim-envelope", "diffusion.init_start_step=0"], "needs init_start_step >= 1"),
+    ("base", ["diffusion.init_start_step=2"], "init_start_step applies to a Griffin-Lim init only"),
 ])
 def test_bad_configs_give_one_line_errors(spec, overrides, message):
     with pytest.raises(ConfigError, match=message) as info:
@@ -86,3 +90,13 @@ def test_dict_round_trip_uses_plain_types():
     assert dataclasses.is_dataclass(config_from_dict(values).model)
     with pytest.raises(ConfigError, match="checkpoint"):
         config_from_dict({**values, "extra": 1}, source="checkpoint")
+
+
+def test_a_saved_config_without_a_default_start_loads_with_noise():
+    """Checkpoints written before diffusion.init/init_start_step existed start from noise, as they did."""
+    values = config_to_dict(load_config("tiny"))
+    del values["diffusion"]["init"], values["diffusion"]["init_start_step"]
+    config = config_from_dict(values, source="checkpoint")
+    assert (config.diffusion.init, config.diffusion.init_start_step) == ("noise", None)
+    chosen = load_config("tiny", ["diffusion.init=griffin-lim-envelope", "diffusion.init_start_step=1"])
+    assert config_from_dict(config_to_dict(chosen)) == chosen

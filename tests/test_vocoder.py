@@ -453,6 +453,38 @@ def test_cli_griffin_lim_start(checkpoint: Path, vocoder: Vocoder, tmp_path: Pat
     assert not (tmp_path / "bad.wav").exists()
 
 
+@pytest.mark.parametrize(("default", "asked", "expected"), [
+    ((None, None), {}, ("noise", 6)),
+    (("griffin-lim-envelope", 2), {}, ("griffin-lim-envelope", 2)),
+    (("griffin-lim-envelope", 2), dict(start_step=3), ("griffin-lim-envelope", 3)),
+    (("griffin-lim-envelope", 2), dict(init="griffin-lim"), ("griffin-lim", 2)),
+    (("griffin-lim-envelope", 2), dict(init="noise"), ("noise", 6)),  # an explicit noise start: the whole plan
+    (("griffin-lim", 1), dict(sampler="ddim", steps=4), ("griffin-lim", 1)),
+])
+def test_a_model_default_start_applies_when_the_caller_names_none(default: tuple, asked: dict,
+                                                                   expected: tuple) -> None:
+    """SamplingOptions.init None is the model's diffusion.init; a Griffin-Lim init without a start_step takes
+    the model's diffusion.init_start_step."""
+    init, k = default
+    config = load_config("tiny", [] if init is None else [f"diffusion.init={init}", f"diffusion.init_start_step={k}"])
+    sampling = resolve(SamplingOptions(**asked), config)
+    assert (sampling.init, len(sampling.plan)) == expected
+
+
+def test_a_model_default_start_is_what_vocode_runs() -> None:
+    """A vocoder whose model defaults to griffin-lim-envelope K=2 gives, unasked, the audio of an explicit
+    init="griffin-lim-envelope", start_step=2; init="noise" the audio of the same network from noise."""
+    vocoder, model, mel = gaussian_vocoder_and_mel()
+    config = load_config("tiny", ["diffusion.init=griffin-lim-envelope", "diffusion.init_start_step=2"])
+    defaulted = Vocoder(model, config, device="cpu")
+    unasked = defaulted.vocode(mel, generator=seeded(1), chunk_seconds=None)
+    asked = vocoder.vocode(mel, init="griffin-lim-envelope", start_step=2, generator=seeded(1), chunk_seconds=None)
+    torch.testing.assert_close(unasked, asked, atol=0, rtol=0)
+    from_noise = defaulted.vocode(mel, init="noise", generator=seeded(1), chunk_seconds=None)
+    torch.testing.assert_close(from_noise, vocoder.vocode(mel, generator=seeded(1), chunk_seconds=None), atol=0, rtol=0)
+    assert (from_noise - unasked).abs().max() > 1e-2
+
+
 def test_generate_refuses_a_griffin_lim_start() -> None:
     config = load_config("tiny", ["model.conditional=false"])
     with pytest.raises(DiffwaveError, match="needs a conditional"):

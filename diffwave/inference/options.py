@@ -43,8 +43,10 @@ class SamplingOptions:
     (diffusion.reverse_plans.SAMPLERS; None: "consistency" for a distilled student, else "fast"); `steps` are
     DDIM or consistency steps; `schedule` the fast sampler's betas or preset (None: the checkpoint's
     diffusion.fast_schedule); `corrector_steps` Langevin steps at every noisy state the sampler lands on, of
-    size set by `corrector_snr` (diffusion/sampling.py); `init` where the chain starts (INITS) and
-    `start_step` K how many of the plan's last states refine a Griffin-Lim start (1..len(plan)); `dtype` the
+    size set by `corrector_snr` (diffusion/sampling.py); `init` where the chain starts (INITS; None: the
+    model's diffusion.init) and `start_step` K how many of the plan's last states refine a Griffin-Lim start
+    (1..len(plan); None: the model's diffusion.init_start_step when the init resolved to a Griffin-Lim one,
+    so an explicit init="noise" still runs the whole plan); `dtype` the
     network's precision ("auto", "fp32", "bf16", "fp16" or a torch dtype; None: the vocoder's own, fp32 for
     generate)."""
 
@@ -53,7 +55,7 @@ class SamplingOptions:
     schedule: str | Sequence[float] | None = None
     corrector_steps: int = 0
     corrector_snr: float = CORRECTOR_SNR
-    init: str = NOISE
+    init: str | None = None
     start_step: int | None = None
     dtype: torch.dtype | str | None = None
 
@@ -96,6 +98,7 @@ def resolve(options: SamplingOptions, config: Config, *, device: torch.device | 
     sampler = sampler_for(config, options.sampler, error, options.corrector_steps)
     plan = plan_for(NoiseSchedule.from_config(config.diffusion), sampler, steps=options.steps,
                     fast_betas=options.schedule, default_fast=config.diffusion.fast_schedule)
+    options = _with_model_start(options, config)
     plan = _start(plan, options, config, error)
     if options.dtype is None and default_dtype is not None:
         dtype = default_dtype
@@ -103,6 +106,16 @@ def resolve(options: SamplingOptions, config: Config, *, device: torch.device | 
         dtype = resolve_dtype(options.dtype, device or torch.device("cpu"), error,
                               workload=LayerWorkload(config.model.residual_channels))
     return Sampling(plan, Corrector(options.corrector_steps, options.corrector_snr), prior, options.init, dtype)
+
+
+def _with_model_start(options: SamplingOptions, config: Config) -> SamplingOptions:
+    """`options` with the model's default start filled in: init None -> config.diffusion.init, and no
+    start_step with a Griffin-Lim init -> config.diffusion.init_start_step."""
+    init = config.diffusion.init if options.init is None else options.init
+    start_step = options.start_step
+    if start_step is None and init in GRIFFIN_LIM_INITS:
+        start_step = config.diffusion.init_start_step
+    return replace(options, init=init, start_step=start_step)
 
 
 def _start(plan: ReversePlan, options: SamplingOptions, config: Config, error: type[DiffwaveError]) -> ReversePlan:
