@@ -26,7 +26,7 @@ from torch import Tensor
 
 from diffwave.audio import read_audio
 from diffwave.audio.griffin_lim import ENVELOPE_PASSES, GRIFFIN_LIM_ITERATIONS, griffin_lim, rescale_to_mel
-from diffwave.config import Config
+from diffwave.config import INITS, Config
 from diffwave.diffusion import ReversePlan
 from diffwave.errors import DataError
 from diffwave.evaluation.metrics import log_mel_distance, multi_resolution_stft_distance, pesq_score, stoi_score
@@ -180,7 +180,13 @@ def describe_setup(vocoder: VocoderLike, sets: dict[str, dict[str, Tensor]], sam
     # RTF depends on what else the machine runs: say how busy it was (a shared CPU can be several times slower).
     load = f", 1-minute load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     plan = vocoder.plan(sampler, steps)
-    return (f"held-out clips ({clips}), DiffWave with {len(plan)} {plan.name.split('-')[0]} steps on "
+    diffwave = f"DiffWave with {len(plan)} {plan.name.split('-')[0]} steps"
+    init = vocoder.config.diffusion.init
+    if init != INITS[0]:  # the model's default start: an estimate refined through the plan's last states
+        full = vocoder.plan(sampler, steps, init=INITS[0])
+        diffwave = (f"DiffWave from its default start ({init}: the estimate refined through the last {len(plan)} of "
+                    f"{len(full)} {full.name.split('-')[0]} steps, {len(plan)} network pass{'es' * (len(plan) != 1)})")
+    return (f"held-out clips ({clips}), {diffwave} on "
             f"{vocoder.device} ({torch.get_num_threads()} threads{load}), Griffin-Lim {GRIFFIN_LIM_ITERATIONS} "
             f"iterations (momentum 0.99) on the same mels, and Griffin-Lim + envelope: that audio after "
             f"{ENVELOPE_PASSES} passes rescaling its STFT toward the mel (no network)")
