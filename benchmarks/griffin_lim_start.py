@@ -1,6 +1,7 @@
-"""Griffin-Lim starts on held-out speech of a seen and an unseen speaker: DiffWave's default path (the fast
-schedule from noise) against `vocode --init griffin-lim --start-step K`, with Griffin-Lim 100 and the
-network-free control Griffin-Lim + envelope of the same mels (diffwave.evaluation.heldout).
+"""Griffin-Lim starts on held-out speech of a seen and an unseen speaker: the fast schedule from noise (`--init
+noise`) against `vocode --init griffin-lim --start-step K` and `--init griffin-lim-envelope --start-step K`
+(the shipped voice's default start), with Griffin-Lim 100 and the network-free control Griffin-Lim + envelope
+of the same mels (diffwave.evaluation.heldout).
 
     python benchmarks/griffin_lim_start.py [--checkpoint PATH] [--start-steps 1 2 3] [--seconds S]
 
@@ -44,10 +45,10 @@ def main() -> None:
     vocoder = (Vocoder.from_checkpoint(args.checkpoint, device="cpu") if args.checkpoint
                else Vocoder.from_pretrained(device="cpu"))
     sets = heldout.read_sets(SETS, vocoder.sample_rate, args.seconds)
-    plan = vocoder.plan()
-    variants = {f"DiffWave, {len(plan)} {plan.name.split('-')[0]} steps from noise (default)": {}}
-    variants |= {f"DiffWave, --init griffin-lim --start-step {k}": {"init": "griffin-lim", "start_step": k}
-                 for k in args.start_steps}
+    plan = vocoder.plan(init="noise")
+    variants: dict[str, dict] = {f"DiffWave, {len(plan)} {plan.name.split('-')[0]} steps from noise": {"init": "noise"}}
+    variants |= {f"DiffWave, --init {init} --start-step {k}": {"init": init, "start_step": k}
+                 for init in ("griffin-lim", "griffin-lim-envelope") for k in args.start_steps}
     rows: dict[tuple[str, str], dict[str, float]] = {}
     for name, clips in sets.items():
         for index, (label, options) in enumerate(variants.items()):
