@@ -14,8 +14,8 @@ weights), through `Vocoder.vocode`, the path users call:
   computed once per utterance (per window, for long inputs) and not counted per step; its time is in the RTF.
 - precisions side by side (--dtypes; default fp32,bf16, and fp16 on CUDA): RTF and % of that precision's
   matmul peak per precision, and each lower precision's SNR against fp32 on the same noise (fidelity).
-  bf16 on a CPU without bf16 matrix units (no AMX, no AVX512-BF16) is emulated, hence slower than fp32:
-  `--dtype auto` picks fp32 there.
+  bf16 on a CPU without bf16 matrix units (no AMX, no AVX512-BF16) is emulated, hence slower than fp32;
+  `--dtype auto` measures which is faster on the machine it runs on (diffwave/precision.py).
 - peak = the best of several square matmuls of size 2048 in that precision on the same device and threads.
 - cached vs per-step conditioning: the same fast-sampler loop with `model.condition(mel)` recomputed at
   every step, as the reference implementation does, for BASE. Both sides allocate their conditioning
