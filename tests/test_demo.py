@@ -156,11 +156,18 @@ def test_demo_page_references_only_files_that_exist(tmp_path):
     assert f"open {out / 'index.html'}" in result.stdout
     page = References()
     page.feed((out / "index.html").read_text())
-    wavs = [link for link in page.links if link.endswith(".wav")]
-    pngs = [link for link in page.links if link.endswith(".png")]
+    wavs = [link for link in page.links if link.endswith(".wav") and not link.startswith("denoising/")]
+    pngs = [link for link in page.links if link.endswith(".png") and not link.startswith("denoising/")]
     first = ("LJ001-0001", UNSEEN_IDS[0])  # --limit 1: the first clip of each set
     assert sorted(wavs) == sorted(f"{clip}/{player}.wav" for clip in first for player in PLAYERS)
     assert pngs == [f"{clip}/mels.png" for clip in first]
+    # The denoising section (recipes/demo/denoising.py, with the shipped speech prior) on the same clips.
+    denoised = sorted(link for link in page.links if link.startswith("denoising/"))
+    assert denoised == sorted(f"denoising/{clip}/{name}" for clip in first for name in
+                              ["noisy_input.wav", "diffwave_prior.wav", "noisereduce.wav", "clean.wav",
+                               "spectrograms.png"])
+    assert all(sf.info(out / link).samplerate == 16000 for link in denoised if link.endswith(".wav"))
+    assert "| Unseen speaker (June) | white | 10 | DiffWave prior |" in (out / "metrics.md").read_text()
     for link in page.links:
         assert (out / link).is_file() and (out / link).stat().st_size > 0, link
     for clip in first:

@@ -41,9 +41,9 @@ class DenoisingResults:
     rows: list[denoising.Row]
 
 
-def run_section(out: Path, folders: dict[str, Path], seed: int = 0) -> DenoisingResults:
-    """Denoise the first SECONDS of every clip in `folders` (set name -> folder) and write the players' wavs and
-    spectrograms under out/denoising/."""
+def run_section(out: Path, folders: dict[str, Path], seed: int = 0, limit: int | None = None) -> DenoisingResults:
+    """Denoise the first SECONDS of every clip (the first `limit` of each) in `folders` (set name -> folder) and
+    write the players' wavs and spectrograms under out/denoising/."""
     generator = torch.Generator()
 
     def prior(noisy: np.ndarray) -> np.ndarray:
@@ -53,7 +53,7 @@ def run_section(out: Path, folders: dict[str, Path], seed: int = 0) -> Denoising
     denoisers = {"DiffWave prior": prior} | denoising.baselines(RATE)
     names, cleans, rows, outputs = [], [], [], {}
     for set_name, folder in folders.items():
-        clips = read_clips(folder, RATE, SECONDS)
+        clips = read_clips(folder, RATE, SECONDS, limit)
         names += list(clips)
         audio = [clip.double().numpy() for clip in clips.values()]
         cleans += audio

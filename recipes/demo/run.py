@@ -11,7 +11,9 @@ vocodes it with DiffWave (6 fast steps), Griffin-Lim (100 iterations) and Griffi
 network-free control), and writes OUT/<clip>/{reference,diffwave,griffin_lim,gl_envelope}.wav and
 OUT/<clip>/mels.png, then OUT/index.html (per set: players, mel images and the metrics table of
 `diffwave.evaluation.heldout`) and OUT/metrics.md. The page is a list of sections (`vocoding_section` per set);
-other sections join it through `write_demo(..., sections=...)`.
+other sections join it through `write_demo(..., sections=...)`: the denoising section (recipes/demo/denoising.py:
+the same clips with 10 dB of white noise, cleaned by the shipped speech prior, noisereduce and a Wiener filter)
+unless --no-denoising.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from diffwave.errors import DiffwaveError  # noqa: E402
 from diffwave.evaluation import heldout  # noqa: E402
 from diffwave.fileio import atomic_write  # noqa: E402
 from diffwave.inference.vocoder import Vocoder  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import denoising  # noqa: E402  (recipes/demo/denoising.py, beside this script)
 
 HERE = Path(__file__).resolve().parent
 CLIPS, UNSEEN = HERE / "clips", HERE / "unseen"
@@ -96,10 +101,12 @@ def page(title: str, setup: str, sections: Sequence[str]) -> str:
     return "\n".join([*head, *sections, "</body></html>"]) + "\n"
 
 
-def run(out: Path, vocoder: Vocoder, sets: dict[str, dict], title: str) -> Path:
-    """Vocode and score each set of clips, then write the demo into `out`; returns the page."""
+def run(out: Path, vocoder: Vocoder, sets: dict[str, dict], title: str,
+        sections: Sequence[tuple[str, str]] = ()) -> Path:
+    """Vocode and score each set of clips, then write the demo into `out` with any further `sections` after
+    them; returns the page."""
     results = heldout.compare_sets(vocoder, sets)
-    return write_demo(out, title, heldout.describe_setup(vocoder, sets), results, vocoder.config.audio)
+    return write_demo(out, title, heldout.describe_setup(vocoder, sets), results, vocoder.config.audio, sections)
 
 
 def write_clip_files(out: Path, results: list[heldout.ClipResult], audio: AudioConfig) -> None:
@@ -129,6 +136,12 @@ def write_demo(out: Path, title: str, setup: str, sets: dict[str, list[heldout.C
     return index
 
 
+def denoising_section(out: Path, folders: dict[str, Path], limit: int | None) -> tuple[str, str]:
+    """The shipped speech prior on the same clips with 10 dB of white noise (recipes/demo/denoising.py)."""
+    results = denoising.run_section(out, folders, limit=limit)
+    return denoising.section_html(results), denoising.markdown(results)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Vocode held-out speech with a pretrained DiffWave and Griffin-Lim.")
     parser.add_argument("--out", type=Path, default=Path("exp/demo"))
@@ -138,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="a checkpoint or .safetensors instead of a shipped model")
     parser.add_argument("--crop-seconds", type=float, help="keep only the first S seconds of each clip")
     parser.add_argument("--limit", type=int, help="use only the first N clips of each set")
+    parser.add_argument("--no-denoising", action="store_true", help="leave out the denoising section")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
@@ -150,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         sets = heldout.read_sets({SEEN_SET: args.clips, UNSEEN_SET: args.unseen}, vocoder.sample_rate,
                                  args.crop_seconds, args.limit)
         args.out.mkdir(parents=True, exist_ok=True)
-        index = run(args.out, vocoder, sets, f"DiffWave ({title}) and Griffin-Lim on held-out speech")
+        sections = [] if args.no_denoising else [denoising_section(args.out, {SEEN_SET: args.clips,
+                                                                              UNSEEN_SET: args.unseen}, args.limit)]
+        index = run(args.out, vocoder, sets, f"DiffWave ({title}) and Griffin-Lim on held-out speech", sections)
     except DiffwaveError as error:
         print(f"demo: error: {error}", file=sys.stderr)
         return 2
