@@ -263,8 +263,11 @@ class DiffWave(nn.Module):
             cond = cond if mel is None else self.condition(mel)  # under the caller's autocast: the engine's form
             with torch.autocast("cpu", enabled=False):  # the per-step products around the stack: fp32, no casts
                 h = F.relu(self.input_projection(x.unsqueeze(1)))
-                steps = self.diffusion_embedding(t)
-                steps = torch.stack([layer.diffusion_projection(steps) for layer in self.residual_layers], 1)
+                # Row by row: an fp32 matrix product over a batch may round differently from one row, and the
+                # bf16 engine would round that difference up; an utterance must sound the same in any batch.
+                rows = [self.diffusion_embedding(t[i:i + 1]) for i in range(len(t))]
+                steps = torch.cat([torch.stack([layer.diffusion_projection(row) for layer in self.residual_layers], 1)
+                                   for row in rows])
                 return self._output(tiled_layers(self.residual_layers, h, steps, cond, mask, gemm_dtype))
         h = F.relu(self.input_projection(x.unsqueeze(1)))
         step_embedding = self.diffusion_embedding(t)
