@@ -55,7 +55,7 @@ from diffwave.inference.options import (
     resolve,
 )
 from diffwave.model import DiffWave
-from diffwave.model.cpu_kernels import LayerWorkload
+from diffwave.model.cpu_kernels import LayerWorkload, conditioning_view
 from diffwave.precision import autocast, resolve_dtype
 
 logger = logging.getLogger("diffwave.vocoder")
@@ -348,15 +348,13 @@ class Vocoder:
     def _conditioning_buffer(self, rows: int, length: int, dtype: torch.dtype) -> Tensor:
         """A [rows, L, 2C, length] view of one buffer in `dtype` kept across windows and calls (reallocated only
         to grow or for another dtype): on a CPU, a fresh tensor of that size costs about 1 s of page faults per
-        5 s window (BASE). Time-major on a CPU, as `DiffWave.condition` lays it out there."""
+        5 s window (BASE). Laid out as the model's engine reads it (`cpu_kernels.conditioning_view`)."""
         layers, channels = len(self.model.residual_layers), 2 * self.model.residual_channels
         size = rows * layers * channels * length
         if self._buffer.numel() < size or self._buffer.dtype != dtype:
             self._buffer = torch.empty(0)  # release the old one before allocating the new one
             self._buffer = torch.empty(size, device=self.device, dtype=dtype)
-        if self.device.type == "cpu":
-            return self._buffer[:size].view(rows, layers, length, channels).transpose(2, 3)
-        return self._buffer[:size].view(rows, layers, channels, length)
+        return conditioning_view(self._buffer, rows, layers, channels, length)
 
     def _autocast(self, dtype: torch.dtype) -> torch.autocast:
         return autocast(self.device, dtype)

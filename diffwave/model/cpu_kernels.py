@@ -176,6 +176,17 @@ def edge_conv_input(h: Tensor, step: Tensor, low: int, high: int, dilation: int,
     return conv_input
 
 
+def conditioning_view(flat: Tensor, rows: int, layers: int, channels: int, length: int) -> Tensor:
+    """A [rows, L, channels, length] view of the first elements of the 1-D `flat`, laid out as `DiffWave.condition`
+    writes conditioning on its device: time-major on the CPU (each tile reads its conditioning as one block, see
+    `time_major_conditioning`), channel-major elsewhere. Callers that condition window after window keep one
+    such buffer."""
+    size = rows * layers * channels * length
+    if flat.device.type == "cpu":
+        return flat[:size].view(rows, layers, length, channels).transpose(2, 3)
+    return flat[:size].view(rows, layers, channels, length)
+
+
 def time_major_conditioning(upsampled: Tensor, layers: nn.ModuleList, gemm_dtype: torch.dtype,
                             out: Tensor | None) -> Tensor:
     """All layers' 1x1 projections of the upsampled mel [B, n_mels, N] as matrix products written time-major
@@ -189,7 +200,8 @@ def time_major_conditioning(upsampled: Tensor, layers: nn.ModuleList, gemm_dtype
     projections = [layer.conditioner_projection for layer in layers]
     channels = projections[0].out_channels
     if out is None:
-        out = upsampled.new_empty(batch, len(projections), length, channels, dtype=gemm_dtype).transpose(2, 3)
+        out = conditioning_view(upsampled.new_empty(batch * len(projections) * channels * length, dtype=gemm_dtype),
+                                batch, len(projections), channels, length)
     with torch.autocast("cpu", enabled=False):
         upsampled = upsampled.to(gemm_dtype)
         for i, (layer, projection) in enumerate(zip(layers, projections, strict=True)):
