@@ -14,7 +14,7 @@ from diffwave.checkpoints import load_checkpoint, load_model
 from diffwave.config import load_config
 from diffwave.errors import CheckpointError, TrainingError, VocodeError
 from diffwave.inference.vocoder import Vocoder
-from diffwave.training.distill import distill
+from diffwave.training.distill import distill, student_config
 from diffwave.training.run import train
 from tests.test_training import assert_same_state, scalar_events
 
@@ -127,3 +127,11 @@ def test_two_torchrun_processes_distil_as_one_does(tiny_checkpoint, tiny_feature
     for key in ("model", "target", "ema"):
         for name, value in one[key].items():
             torch.testing.assert_close(ddp[key][name], value, rtol=0, atol=1e-5, msg=f"{key}.{name}")
+
+
+def test_a_student_starts_from_noise_whatever_its_teachers_default_start():
+    """The shipped voice starts from Griffin-Lim + envelope; its student's 1-2 passes are from noise unless asked."""
+    teacher = load_config("tiny", ["diffusion.init=griffin-lim-envelope", "diffusion.init_start_step=1"])
+    student = student_config(teacher, "teacher.safetensors", [])
+    assert (student.diffusion.init, student.diffusion.init_start_step) == ("noise", None)
+    assert student.model.prediction == "consistency" and teacher.diffusion.init == "griffin-lim-envelope"

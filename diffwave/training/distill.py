@@ -34,8 +34,10 @@ def student_config(teacher_config: Config, teacher_path: str | os.PathLike[str],
         check_compatible(config_to_dict(teacher_config), config, source=f"the teacher {teacher_path}")
     except CheckpointError as error:
         raise TrainingError(f"overrides must not change the teacher's model: {error}") from None
+    # A student maps noise to audio in 1 or 2 passes: its default start is noise, whatever the teacher's was.
     return dataclasses.replace(config, name=f"{teacher_config.name}-consistency",
                                model=dataclasses.replace(config.model, prediction="consistency"),
+                               diffusion=dataclasses.replace(config.diffusion, init="noise", init_start_step=None),
                                distill=dataclasses.replace(config.distill, teacher=str(teacher_path)))
 
 
