@@ -114,7 +114,8 @@ def ship(args: argparse.Namespace) -> None:
         "jitter": f"{config.data.level_jitter_db:g}",
         "steps_text": (f"{step} steps of batch {config.train.batch_size} (crops of {config.data.crop_samples} "
                        f"samples) in {config.train.precision}, {wall:.2f} wall-clock hours on {args.cores} CPU cores = "
-                       f"{wall * args.cores:.2f} CPU-hours (from the run's TensorBoard logs)."),
+                       f"{wall * args.cores:.2f} CPU-hours (from the run's TensorBoard logs).")
+                      + (f" {args.budget_note}" if args.budget_note else ""),
         "config": config_to_yaml(config).strip(), "setup": setup, "metrics": table,
     }
     text = string.Template((HERE / "card.md.tmpl").read_text()).substitute(fields)
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-files", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget-note", help="a sentence the card adds to the training budget (e.g. shared cores)")
     return voice_ship.run_shipping(ship, parser.parse_args(argv))
 
 
