@@ -178,4 +178,4 @@ def test_the_shipped_prior_denoises_held_out_speech_out_of_the_box(caplog):
         result = denoise(noisy, 22050, generator=torch.Generator().manual_seed(0))
     assert "using the shipped speech prior 'speech_prior'" in caplog.text
     assert result.audio.shape == noisy.shape and result.start_step in (2, 3, 4)  # 10 dB: step 3 of T = 200
-    assert si_sdr(clean, result.audio) > si_sdr(clean, noisy) + 1  # measured +4 dB at step 250
+    assert si_sdr(clean, result.audio) > si_sdr(clean, noisy) + 1  # +4 to +5 dB on June at 10 dB (card)
