@@ -104,9 +104,12 @@ def in_precision(vocoder: Vocoder, precision: str) -> Vocoder:
     return vocoder if precision == "fp32" else Vocoder(vocoder.model, vocoder.config, "cpu", precision)
 
 
-# Tolerances of the two precisions for results that are equal in exact arithmetic: fp32 rounding, and bf16
-# rounding of the network's inputs and weights (its output then differs at the 1e-3 level).
-EXACT_ATOL = {"fp32": 1e-5, "bf16": 1e-5}
+# Tolerances of the two precisions for results that are equal in exact arithmetic. fp32: rounding. bf16: oneDNN
+# blocks a bf16 GEMM's accumulation by the GEMM's shape and the threads it has, and a batch or a window changes
+# the shape, so the same utterance's estimates differ by bf16 rounding (2^-8 relative), which the 6 steps carry
+# into the audio: measured up to 1.5e-3 (batch) and 4e-5 (windows) with 2 threads, 0 with 1 thread. Every test
+# using these keeps a control (other mels, hard cuts) that must exceed 1e-2.
+EXACT_ATOL = {"fp32": 1e-5, "bf16": 4e-3}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
