@@ -53,8 +53,8 @@ DENOISE_CHUNK_SECONDS = 30.0
 CONTEXT_REACHES = 2.2
 
 
-# An input whose noise variance lies this factor below the first step's is cleaner than anything the model
-# removes (3 dB past the geometric middle of no step at all and step 0): it is returned as it is.
+# An input whose estimated noise power lies more than this factor (3 dB) below step 0's is cleaner than the
+# least noise the model removes: the chain would take signal for noise, so the input is returned as it is.
 ABOVE_RANGE_FACTOR = 2.0
 CLIPPED_FRACTION = 1e-3  # samples at full scale beyond this share of the input: it was clipped
 
