@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffwave import denoise, pretrained
+from diffwave import denoise
 from diffwave.audio import read_audio
-from diffwave.checkpoints import load_unconditional
 from diffwave.config import trained_steps
 from diffwave.data.corpus import AUDIO_SUFFIXES
 from diffwave.evaluation import denoising
+from diffwave.inference.denoise import load_denoiser
 from diffwave.inference.files import find_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,8 +56,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    checkpoint = args.checkpoint or pretrained.verified_path(pretrained.find(task=pretrained.DENOISER))
-    model, config = load_unconditional(checkpoint, device="cpu", purpose="denoising")
+    model, config = load_denoiser(args.checkpoint, device="cpu")
+    checkpoint = args.checkpoint or "the shipped speech prior"
     generator = torch.Generator()
 
     def prior(noisy: np.ndarray) -> np.ndarray:

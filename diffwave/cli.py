@@ -205,17 +205,10 @@ def _generate_command(args: argparse.Namespace) -> None:
 
 
 def _denoise_command(args: argparse.Namespace) -> int | None:
-    from diffwave.checkpoints import load_unconditional
+    from diffwave.inference.denoise import load_denoiser
     from diffwave.inference.files import denoise_files
 
-    if args.checkpoint is None:
-        from diffwave import pretrained
-
-        shipped = pretrained.find(task=pretrained.DENOISER)
-        logging.getLogger("diffwave.denoise").info("no --checkpoint given: using the shipped speech prior '%s' (%s)",
-                                                   shipped.name, shipped.description)
-        args.checkpoint = pretrained.verified_path(shipped)
-    model, config = load_unconditional(args.checkpoint, device=args.device, purpose="denoising")
+    model, config = load_denoiser(args.checkpoint, args.device)
     summary = denoise_files(model, config, args.inputs, args.out, t_start=args.t_start, sdedit=args.sdedit,
                             seed=args.seed, force=args.force, target_rms=args.target_rms)
     print(f"denoise: {summary.line()}; wavs in {args.out}")

@@ -137,15 +137,24 @@ def _positional_noise(source: PositionalNoise, offset: int, length: int, device:
     return noise_fn
 
 
-def _model_and_config(model: DiffWave | str | os.PathLike[str] | None, config: Config | None
-                      ) -> tuple[DiffWave, Config]:
-    if model is None:
+def load_denoiser(checkpoint: str | os.PathLike[str] | None = None, device: torch.device | str | None = None
+                  ) -> tuple[DiffWave, Config]:
+    """An unconditional model for denoising and its config, from `checkpoint` or, for None, the shipped speech
+    prior (its file checked against the manifest, and said in one log line)."""
+    if checkpoint is None:
         shipped = pretrained.find(task=pretrained.DENOISER)
         logger.info("denoise: no model given; using the shipped speech prior '%s' (%s)", shipped.name,
                     shipped.description)
-        model, config = load_unconditional(pretrained.verified_path(shipped), device="cpu", purpose="denoising")
+        checkpoint = pretrained.verified_path(shipped)
+    return load_unconditional(checkpoint, device=device, purpose="denoising")
+
+
+def _model_and_config(model: DiffWave | str | os.PathLike[str] | None, config: Config | None
+                      ) -> tuple[DiffWave, Config]:
+    if model is None:
+        model, config = load_denoiser(device="cpu")
     elif isinstance(model, (str, os.PathLike)):
-        model, config = load_unconditional(model, purpose="denoising")
+        model, config = load_denoiser(model)
     if config is None:
         raise ValueError("denoise with a DiffWave module needs its config (or pass a checkpoint path as model)")
     if model.conditional:

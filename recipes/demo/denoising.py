@@ -12,18 +12,14 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from figures import save_stacked_images  # recipes/demo/figures.py, beside this file
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from diffwave import denoise  # noqa: E402
-from diffwave.audio import write_audio  # noqa: E402
-from diffwave.evaluation import denoising  # noqa: E402
-from diffwave.evaluation.heldout import read_clips  # noqa: E402
-from diffwave.fileio import atomic_write  # noqa: E402
+from diffwave import denoise
+from diffwave.audio import write_audio
+from diffwave.evaluation import denoising
+from diffwave.evaluation.heldout import read_clips
 
 RATE = 16000  # the prior's rate, and wideband PESQ's
 SNR_DB, NOISE = 10.0, "white"
@@ -85,17 +81,9 @@ def spectrograms(path: Path, clip: str, signals: dict[str, np.ndarray]) -> None:
     images = {player: (torch.stft(torch.from_numpy(signal), 512, 128, window=window, return_complex=True).abs() ** 2
                        + 1e-10).log10().numpy() for player, signal in signals.items()}
     high = images["clean"].max()
-    figure, axes = plt.subplots(len(images), 1, figsize=(10, 1.8 * len(images)), sharex=True)
-    for axis, (player, image) in zip(axes, images.items(), strict=True):
-        axis.imshow(image, origin="lower", aspect="auto", vmin=high - 8, vmax=high, cmap="magma",
-                    extent=(0, image.shape[1] * 128 / RATE, 0, RATE / 2000))
-        axis.set_title(f"{clip}: {PLAYERS[player]}", fontsize=9)
-        axis.set_ylabel("kHz")
-    axes[-1].set_xlabel("seconds")
-    figure.tight_layout()
-    with atomic_write(path) as temp:
-        figure.savefig(temp, dpi=60, format="png")
-    plt.close(figure)
+    save_stacked_images(path, {f"{clip}: {PLAYERS[player]}": image for player, image in images.items()},
+                        vmin=high - 8, vmax=high, ylabel="kHz", xlabel="seconds", panel_height=1.8,
+                        extent=(0, next(iter(images.values())).shape[1] * 128 / RATE, 0, RATE / 2000))
 
 
 def section_html(results: DenoisingResults) -> str:

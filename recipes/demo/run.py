@@ -26,21 +26,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from diffwave import pretrained  # noqa: E402
-from diffwave.audio import LogMel, write_audio  # noqa: E402
-from diffwave.config import AudioConfig  # noqa: E402
-from diffwave.errors import DiffwaveError  # noqa: E402
-from diffwave.evaluation import heldout  # noqa: E402
-from diffwave.fileio import atomic_write  # noqa: E402
-from diffwave.inference.vocoder import Vocoder  # noqa: E402
+from diffwave import pretrained
+from diffwave.audio import LogMel, write_audio
+from diffwave.config import AudioConfig
+from diffwave.errors import DiffwaveError
+from diffwave.evaluation import heldout
+from diffwave.fileio import atomic_write
+from diffwave.inference.vocoder import Vocoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import denoising  # noqa: E402  (recipes/demo/denoising.py, beside this script)
+from figures import save_stacked_images  # noqa: E402  (recipes/demo/figures.py)
 
 HERE = Path(__file__).resolve().parent
 CLIPS, UNSEEN = HERE / "clips", HERE / "unseen"
@@ -55,16 +51,8 @@ def mel_image(path: Path, result: heldout.ClipResult, front_end: LogMel) -> None
     scale."""
     mels = {"reference": front_end(result.reference)} | {s: front_end(a) for s, a in result.audio.items()}
     low, high = mels["reference"].min().item(), mels["reference"].max().item()
-    figure, axes = plt.subplots(len(mels), 1, figsize=(10, 2.2 * len(mels)), sharex=True)
-    for axis, (system, mel) in zip(axes, mels.items(), strict=True):
-        axis.imshow(mel.numpy(), origin="lower", aspect="auto", vmin=low, vmax=high, cmap="magma")
-        axis.set_title(f"{result.id}: {PLAYERS[system]}", fontsize=9)
-        axis.set_ylabel("mel bin")
-    axes[-1].set_xlabel("frame")
-    figure.tight_layout()
-    with atomic_write(path) as temp:
-        figure.savefig(temp, dpi=60, format="png")
-    plt.close(figure)
+    save_stacked_images(path, {f"{result.id}: {PLAYERS[system]}": mel.numpy() for system, mel in mels.items()},
+                        vmin=low, vmax=high, ylabel="mel bin", xlabel="frame", panel_height=2.2)
 
 
 def vocoding_section(name: str, results: list[heldout.ClipResult]) -> str:
