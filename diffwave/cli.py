@@ -17,6 +17,7 @@ from diffwave.config import PRESETS, config_to_yaml, load_config
 from diffwave.diffusion.reverse_plans import SAMPLERS
 from diffwave.diffusion.sampling import CORRECTOR_SNR
 from diffwave.errors import DiffwaveError
+from diffwave.evaluation.schedule_search import OBJECTIVES
 from diffwave.inference.denoise import DEFAULT_TARGET_RMS
 from diffwave.inference.options import INITS, SamplingOptions
 
@@ -94,6 +95,39 @@ def _export_command(args: argparse.Namespace) -> None:
         raise DiffwaveError(f"{args.output} already exists; pass --force to replace it")
     export_safetensors(args.checkpoint, args.output, use_ema=not args.raw)
     print(f"export: {'raw' if args.raw else 'EMA'} weights and config of {args.checkpoint} written to {args.output}")
+
+
+def _step_counts(text: str) -> list[int]:
+    """--steps: comma-separated positive step counts."""
+    try:
+        counts = [int(item) for item in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated step counts >= 1, e.g. 6 or 4,6, got '{text}'")
+    return counts
+
+
+def _tune_schedule_command(args: argparse.Namespace) -> None:
+    from diffwave.evaluation.schedule_search import Candidate
+    from diffwave.inference.tuning import tune_schedule
+
+    if Path(args.output).exists() and not args.force:
+        raise DiffwaveError(f"{args.output} already exists; pass --force to replace it")
+
+    def show(candidate: Candidate) -> None:
+        scores = " ".join(f"{key} {value:.4f}" for key, value in candidate.scores.items())
+        print(f"{candidate.origin:<7} {candidate.score:8.4f}  {scores}  "
+              f"[{', '.join(f'{beta:.3g}' for beta in candidate.betas)}]", flush=True)
+
+    candidates = tune_schedule(args.checkpoint, args.data, args.output, split=args.split, clips=args.clips,
+                               seconds=args.seconds or None, step_counts=args.steps, objective=args.objective,
+                               refine_rounds=args.refine_rounds, seed=args.seed, device=args.device,
+                               progress=show)
+    best, start = candidates[0], next(c for c in candidates if c.origin == "start")
+    print(f"tune-schedule: {len(candidates)} schedules; best {args.objective} {best.score:.4f} (the model's own "
+          f"{start.score:.4f}): [{', '.join(f'{beta:.4g}' for beta in best.betas)}], written with the weights "
+          f"to {args.output}")
 
 
 _CHECKPOINT_HELP = ("a training checkpoint (.pt), an exported .safetensors, or a reference (lmnt-com/diffwave) "
@@ -291,6 +325,30 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA weights")
     export.add_argument("--force", action="store_true", help="replace an existing output file")
     export.set_defaults(handler=_export_command)
+
+    tune = commands.add_parser(
+        "tune-schedule", help="search a fast schedule on validation clips and write it into a model file",
+        description="Score fast reverse schedules by copy synthesis of a feature folder's validation clips "
+                    "(log-mel L1, MR-STFT, PESQ, STOI; the model's own start, e.g. Griffin-Lim, kept): a grid of "
+                    "geometric schedules and the model's own, then coordinate refinement of the best. The best "
+                    "is written with the (EMA) weights into OUTPUT, whose vocode then uses it by default.")
+    tune.add_argument("checkpoint", help=_CHECKPOINT_HELP)
+    tune.add_argument("--data", required=True, help="feature folder made by 'diffwave preprocess' (its validation "
+                                                   "split, not the held-out clips you report)")
+    tune.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
+    tune.add_argument("--split", default="valid", choices=("train", "valid", "test"))
+    tune.add_argument("--clips", type=int, default=4, help="how many of the split's utterances (first by id)")
+    tune.add_argument("--seconds", type=float, default=2.0, help="crop each clip to this long (0: whole clips)")
+    tune.add_argument("--steps", type=_step_counts, default=None,
+                      help="comma-separated step counts of the grid (default: the model's own schedule's)")
+    tune.add_argument("--objective", default="composite", choices=OBJECTIVES,
+                      help="what to minimise: one metric, or the mean of the four's gaps to perfect relative "
+                           "to the model's own schedule (default)")
+    tune.add_argument("--refine-rounds", type=int, default=2, help="coordinate refinement rounds (0: grid only)")
+    tune.add_argument("--seed", type=int, default=0, help="noise seed, the same for every candidate")
+    tune.add_argument("--force", action="store_true", help="replace an existing output file")
+    _add_device_argument(tune)
+    tune.set_defaults(handler=_tune_schedule_command)
 
     vocode = commands.add_parser("vocode", help="mel or audio files -> wav files with a trained checkpoint",
                                  description=_VOCODE_DESCRIPTION)

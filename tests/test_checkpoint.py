@@ -36,7 +36,7 @@ from diffwave.checkpoints import (
     save_checkpoint,
 )
 from diffwave.config import config_to_dict, load_config
-from diffwave.errors import CheckpointError
+from diffwave.errors import CheckpointError, ConfigError
 from diffwave.model import DiffWave
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -484,3 +484,20 @@ def test_inference_loader_names_a_renamed_torch_checkpoint(tmp_path):
     torch.save({"format_version": 1, "ema": {"w": torch.zeros(2)}}, path)
     with pytest.raises(CheckpointError, match="not a safetensors file"):
         load_model_weights(path)
+
+
+def test_export_with_changes_keeps_weights_and_step_and_refuses_a_bad_config(tiny_checkpoint, tmp_path):
+    first = export_safetensors(tiny_checkpoint, tmp_path / "a.safetensors")
+    tuned = export_safetensors(first, tmp_path / "b.safetensors",
+                               changes={"diffusion": {"fast_schedule": [0.001, 0.3]}})
+    weights, config = load_safetensors(first)
+    new_weights, new_config = load_safetensors(tuned)
+    assert new_config["diffusion"]["fast_schedule"] == [0.001, 0.3]
+    new_config["diffusion"]["fast_schedule"] = config["diffusion"]["fast_schedule"]
+    assert new_config == config and weights.keys() == new_weights.keys()
+    assert all(torch.equal(weights[name], new_weights[name]) for name in weights)
+    with safe_open(str(tuned), framework="pt") as file:
+        assert file.metadata()["step"] == str(load_checkpoint(tiny_checkpoint)["step"]) == "20"
+    with pytest.raises(ConfigError, match="diffusion.init"):
+        export_safetensors(first, tmp_path / "c.safetensors", changes={"diffusion": {"init": "bogus"}})
+    assert not (tmp_path / "c.safetensors").exists()

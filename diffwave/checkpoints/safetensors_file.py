@@ -15,6 +15,7 @@ from diffwave.checkpoints import reference
 from diffwave.checkpoints.compatibility import current_keys
 from diffwave.checkpoints.safe_load import read_head, reason
 from diffwave.checkpoints.store import FORMAT_VERSION, model_state
+from diffwave.config import config_from_dict
 from diffwave.errors import CheckpointError
 from diffwave.fileio import atomic_write
 
@@ -22,16 +23,25 @@ MAX_SAFETENSORS_HEADER = 100_000_000  # bytes; a larger length prefix is damage 
 
 
 def export_safetensors(checkpoint_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
-                       use_ema: bool = True) -> Path:
+                       use_ema: bool = True, changes: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write a checkpoint's EMA (or raw) weights as safetensors, with its config and step as metadata; a
-    reference (lmnt-com/diffwave) checkpoint or model folder gives its only weights and converted config.
+    reference (lmnt-com/diffwave) checkpoint or model folder gives its only weights and converted config; an
+    exported .safetensors gives its own weights and step (tensors kept bit for bit).
 
-    The result holds no pickle at all, so it is the format to share; `load_model_weights` reads it.
+    `changes` (section -> key -> value) update the config on the way, e.g. a tuned diffusion.fast_schedule;
+    the result must still be a valid config, checked before anything is written. The output holds no pickle
+    at all, so it is the format to share; `load_model_weights` reads it.
     """
     path, out = Path(checkpoint_path), Path(out_path)
-    weights, config, step = model_state(reference.model_file(path), use_ema)
+    if path.suffix == ".safetensors":
+        weights, config, step = _read(path)
+    else:
+        weights, config, step = model_state(reference.model_file(path), use_ema)
     if not out.parent.is_dir():
         raise CheckpointError(f"{out}: the output folder {out.parent} does not exist")
+    for section, values in (changes or {}).items():
+        config = {**config, section: {**config.get(section, {}), **values}}
+    config_from_dict(current_keys(config), source=f"{path} with {changes}")
     metadata = {"format": "diffwave", "format_version": str(FORMAT_VERSION), "config": json.dumps(config),
                 "step": str(step)}
     # safetensors refuses tensors that share storage or are not contiguous: give it private copies.
@@ -47,7 +57,12 @@ def load_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], d
     The 8-byte length prefix is checked first, so a torch file given by mistake is named as such (rather
     than "header too large") and a hostile length never reaches the parser.
     """
-    path = Path(path)
+    weights, config, _ = _read(Path(path))
+    return weights, config
+
+
+def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any], int | None]:
+    """(weights, config dict, step) of a safetensors file written here (step None when it has none)."""
     head = read_head(path, 8)
     if not head:
         raise CheckpointError(f"{path}: safetensors file is empty (0 bytes)")
@@ -63,10 +78,11 @@ def load_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], d
         with safe_open(str(path), framework="pt", device="cpu") as file:
             metadata = file.metadata() or {}
             config = _safetensors_config(metadata, path)
+            step = metadata.get("step")
             weights = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: corrupt safetensors file ({reason(error)})") from None
-    return weights, config
+    return weights, config, int(step) if step and step.isdigit() else None
 
 
 def _safetensors_config(metadata: dict[str, str], path: Path) -> dict[str, Any]:

@@ -4,28 +4,26 @@ Usage (from the repository root):
     .venv/bin/python recipes/pretrained/set_sampling_default.py griffin-lim-envelope 1 [--name voice]
     .venv/bin/python recipes/pretrained/set_sampling_default.py noise [--name voice]
 
-The weights file's config metadata is rewritten (every other key and metadata entry kept, the tensors saved back
-bit for bit) and saved atomically; then the manifest's sha256 and the model card's sha256 and `## Config` block
-follow the new file (the card shows the file's config as saved, with these two keys set). The card's quality
-tables are not re-measured here: see recipes/pretrained/ship.py and heldout.compare_sets.
+The weights file's config metadata is rewritten by `export_safetensors` (every other setting and the step
+kept, the tensors saved back bit for bit, the new config checked first) and saved atomically; then the
+manifest's sha256 and the model card's sha256 and `## Config` block follow the new file (the card shows the
+file's config as saved, with these two keys set). The card's quality tables are not re-measured here: see
+recipes/pretrained/ship.py and heldout.compare_sets.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import yaml
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from diffwave import pretrained
-from diffwave.checkpoints.compatibility import current_keys
-from diffwave.config import INITS, config_from_dict
+from diffwave.checkpoints import export_safetensors, load_safetensors
+from diffwave.config import INITS
 from diffwave.errors import DiffwaveError
 from diffwave.fileio import atomic_write
 
@@ -38,15 +36,8 @@ def set_default(folder: Path, name: str, init: str, start_step: int | None) -> s
     if model is None:
         raise DiffwaveError(f"{folder}: no model '{name}' in its manifest")
     path = folder / model.file
-    with safe_open(str(path), framework="pt") as file:
-        metadata = dict(file.metadata() or {})
-        tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (safe_open is no mapping)
-    values = json.loads(metadata["config"])
-    values["diffusion"] = {**values["diffusion"], "init": init, "init_start_step": start_step}
-    config_from_dict(current_keys(values), source=str(path))  # refuses a bad init or start step
-    metadata["config"] = json.dumps(values)
-    with atomic_write(path) as temp:
-        save_file(tensors, str(temp), metadata=metadata)
+    export_safetensors(path, path, changes={"diffusion": {"init": init, "init_start_step": start_step}})
+    values = load_safetensors(path)[1]
     digest = pretrained.sha256_of(path)
     others = [replace(m, sha256=digest) if m.name == name else m for m in models]
     with atomic_write(folder / pretrained.MANIFEST) as temp:
