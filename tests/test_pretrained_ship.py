@@ -68,3 +68,23 @@ def test_ship_refuses_features_that_hold_a_held_out_clip(scratch, tiny_checkpoin
     assert ship.main(ship_args(scratch, tiny_checkpoint, features)) == 2
     assert "the held-out clips LJ001-0003 are in the training features" in capsys.readouterr().err
     assert list((scratch / "target").iterdir()) == []  # nothing written into the package
+
+
+def test_the_card_credits_exactly_the_speakers_it_was_trained_on(tmp_path):
+    def features(ids: list[str], split: str = "train") -> Path:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        utterances = [{"id": name, "split": split, "samples": 22050} for name in ids]
+        (folder / "manifest.json").write_text(json.dumps({"audio": {"sample_rate": 22050},
+                                                          "utterances": utterances}))
+        return folder
+
+    summary = ship.corpus_summary(features(["allison_a", "allison_b", "LJ003-0001", "carlo_x"]), ["LJ001-0001"])
+    assert summary["corpus_counts"] == "2 Allison, 1 LJSpeech, 1 Carlo"
+    assert summary["speakers"] == "Allison + LJSpeech + Carlo" and summary["train_minutes"] == "0.1"
+    assert "Carlo Flora" in summary["credits"] and "CC-BY-3.0" in summary["credits"]
+    assert "Maxim Topal" not in summary["credits"]  # IvrvoiceRU was not in this training set
+    assert ship.corpus_summary(features(["allison_a", "clip00"]), [])["corpus_counts"] == "1 Allison, 1 other clips"
+    for leaked, held_out in ((["allison_a", "june_x"], []), (["LJ001-0001"], ["LJ001-0001"])):
+        with pytest.raises(ship.DiffwaveError, match="held-out clips"):
+            ship.corpus_summary(features(leaked, split="valid"), held_out)

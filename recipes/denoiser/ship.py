@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import string
 import sys
@@ -39,7 +38,6 @@ from diffwave.inference.files import find_inputs  # noqa: E402
 from diffwave.pretrained import PretrainedModel  # noqa: E402
 
 MARKERS = ("<!-- denoiser-metrics:start", "<!-- denoiser-metrics:end -->")
-SPEAKERS = {"allison_": "Allison", "LJ": "LJSpeech", "carlo_": "Carlo", "ivrvoiceru_": "IvrvoiceRU"}
 logger = logging.getLogger("ship")
 
 
@@ -49,17 +47,6 @@ def read_set(folder: Path, sample_rate: int, max_files: int, seconds: float) -> 
     if not paths:
         raise DiffwaveError(f"{folder}: no audio files to evaluate on")
     return [read_audio(path, sample_rate)[: round(seconds * sample_rate)].double().numpy() for path in paths]
-
-
-def corpus_counts(features: Path) -> dict[str, str]:
-    manifest = json.loads((features / "manifest.json").read_text())
-    train = [u for u in manifest["utterances"] if u["split"] == "train"]
-    counts = {name: sum(u["id"].startswith(prefix) for u in train) for prefix, name in SPEAKERS.items()}
-    if any(u["id"].startswith("june") for u in manifest["utterances"]):
-        raise DiffwaveError(f"{features}: June's clips are in the features; she is the unseen speaker")
-    return {"train_clips": str(len(train)),
-            "train_minutes": f"{sum(u['samples'] for u in train) / manifest['audio']['sample_rate'] / 60:.1f}",
-            "corpus_counts": ", ".join(f"{count} {name}" for name, count in counts.items())}
 
 
 def evaluate(exported: Path, args: argparse.Namespace) -> tuple[list[denoising.Row], str]:
@@ -92,7 +79,7 @@ def ship(args: argparse.Namespace) -> None:
     checkpoint, exported, size = voice_ship.export_for_shipping(args)
     model, config = load_unconditional(exported, device="cpu", purpose="denoising")
     step = voice_ship.step_of(exported)
-    data = corpus_counts(args.features)
+    data = voice_ship.corpus_summary(args.features, [])
     rows, setup = evaluate(exported, args)
     table = "\n".join([denoising.TABLE_HEAD, *(row.markdown() for row in rows)])
     hours, _ = voice_ship.training_curve(checkpoint.resolve().parent.parent, config.train.log_every)

@@ -120,17 +120,48 @@ def plot_curve(path: Path, hours: list[tuple[int, float]], valid: list[tuple[int
     plt.close(figure)
 
 
+# The training speakers a features folder may hold: id prefix -> (name, the card's credit).
+SPEAKERS = {
+    "allison_": ("Allison", "**Allison** (`allison_*`): telephony prompts recorded by Allison Smith "
+                 "(http://www.theivrvoice.com), with financial contributions by Digium, Inc. (http://www.digium.com); "
+                 "copyright 2003-2010 Allison Smith, CC-BY-SA-3.0 (https://creativecommons.org/licenses/by-sa/3.0/)."),
+    "LJ": ("LJSpeech", "**LJSpeech** (`LJ*`; Keith Ito and Linda Johnson, 2017, "
+           "https://keithito.com/LJ-Speech-Dataset/): public domain. The held-out clips in `recipes/demo/clips/` "
+           "were left out of training."),
+    "carlo_": ("Carlo", "**Carlo** (`carlo_*`, Italian): recorded by Carlo Flora (http://www.carloflora.com), "
+               "translated by Silvia Petrin; copyright 2012 Carlo Flora, CC-BY-3.0; from Debian's "
+               "`asterisk-core-sounds-it-g722`, assembled by `recipes/corpora/asterisk_voices.py` (G.722, 16 kHz)."),
+    "ivrvoiceru_": ("IvrvoiceRU", "**IvrvoiceRU** (`ivrvoiceru_*`, Russian): provided by Maxim Topal "
+                    "(http://www.ivrvoice.ru); copyright 2010, CC-BY-3.0; from Debian's "
+                    "`asterisk-core-sounds-ru-g722`, assembled by `recipes/corpora/asterisk_voices.py` "
+                    "(G.722, 16 kHz)."),
+}
+UNSEEN_PREFIX = "june"  # the unseen speaker of every held-out table: never in training features
+
+
 def corpus_summary(features: Path, heldout_ids: list[str]) -> dict[str, str]:
-    """The card's data counts; refused when a held-out clip is among the run's utterances (any split)."""
+    """The card's data counts and the credits of the speakers in the train split (clips of a speaker without a
+    credit here are counted as other clips, with a warning); refused when a held-out clip or the unseen speaker
+    is among the run's utterances (any split)."""
     manifest = json.loads((features / "manifest.json").read_text())
-    leaked = sorted({u["id"] for u in manifest["utterances"]} & set(heldout_ids))
+    ids = {u["id"] for u in manifest["utterances"]}
+    leaked = sorted(ids & set(heldout_ids)) + sorted(i for i in ids if i.startswith(UNSEEN_PREFIX))
     if leaked:
-        raise DiffwaveError(f"{features}: the held-out clips {', '.join(leaked)} are in the training features")
+        raise DiffwaveError(f"{features}: the held-out clips {', '.join(leaked[:5])} are in the training features")
     train = [u for u in manifest["utterances"] if u["split"] == "train"]
-    allison = sum(u["id"].startswith("allison") for u in train)
+    counts = {prefix: sum(u["id"].startswith(prefix) for u in train) for prefix in SPEAKERS}
+    present = [prefix for prefix, count in counts.items() if count]
+    names = [f"{counts[prefix]} {SPEAKERS[prefix][0]}" for prefix in present]
+    others = [u["id"] for u in train if not u["id"].startswith(tuple(SPEAKERS))]
+    if others:
+        logger.warning("%d training clips (%s, ...) are of no speaker SPEAKERS credits: credit them in the card",
+                       len(others), others[0])
+        names.append(f"{len(others)} other clips")
     return {"train_clips": str(len(train)),
             "train_minutes": f"{sum(u['samples'] for u in train) / manifest['audio']['sample_rate'] / 60:.1f}",
-            "corpus_counts": f"{allison} Allison clips and {len(train) - allison} LJSpeech clips"}
+            "corpus_counts": ", ".join(names),
+            "speakers": " + ".join([SPEAKERS[prefix][0] for prefix in present] + ["other clips"] * bool(others)),
+            "credits": "\n".join(f"- {SPEAKERS[prefix][1]}" for prefix in present)}
 
 
 def readme_block(sets: dict[str, list[heldout.ClipResult]], step: int, cpu_hours: float, setup: str) -> str:
@@ -245,7 +276,7 @@ def ship(args: argparse.Namespace) -> None:
     digest, card, curve = pretrained.sha256_of(exported), f"{args.name}.md", f"{args.name}_curve.png"
     description = (f"DiffWave {config.model.residual_layers} layers x {config.model.residual_channels} channels "
                    f"({config.diffusion.prior} prior), {config.audio.sample_rate} Hz {config.audio.mel_preset} "
-                   f"mels; Allison + LJSpeech, step {step}")
+                   f"mels; {data['speakers']}, step {step}")
     setup = heldout.describe_setup(vocoder, sets)
     fields = data | {
         "name": args.name, "description": description, "file": exported.name, "sha256": digest,
