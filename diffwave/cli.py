@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffwave import __version__
-from diffwave.config import PRESETS, config_to_yaml, load_config
+from diffwave.config import FINISHES, PRESETS, config_to_yaml, load_config
 from diffwave.diffusion.reverse_plans import SAMPLERS
 from diffwave.diffusion.sampling import CORRECTOR_SNR
 from diffwave.errors import DiffwaveError
@@ -159,10 +159,11 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _sampling_options(args: argparse.Namespace) -> SamplingOptions:
-    """The SamplingOptions a command's flags ask for (--init and --start-step are vocode's only)."""
+    """The SamplingOptions a command's flags ask for (--init, --start-step and --finish are vocode's only)."""
     return SamplingOptions(sampler=args.sampler, steps=args.steps, schedule=_parse_schedule(args.schedule),
                            corrector_steps=args.corrector_steps, corrector_snr=args.corrector_snr,
-                           init=getattr(args, "init", None), start_step=getattr(args, "start_step", None))
+                           init=getattr(args, "init", None), start_step=getattr(args, "start_step", None),
+                           finish=getattr(args, "finish", None))
 
 
 def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -178,6 +179,10 @@ def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-step", type=int, metavar="K",
                         help="with a Griffin-Lim --init: refine through the plan's last K states (1 .. its length; "
                              "K network passes; default: the model's diffusion.init_start_step)")
+    parser.add_argument("--finish", choices=FINISHES,
+                        help="what is done to the chain's output (default: the model's diffusion.finish): none, or "
+                             "envelope: rescale each STFT band and frame toward the mel (16 passes, phase kept), "
+                             "which removes the network's noise floor in quiet bands")
     _add_device_argument(parser)
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="auto (default): bf16 on CPUs with bf16 matrix units (AMX, AVX512-BF16), else fp32; "

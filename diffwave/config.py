@@ -29,6 +29,10 @@ PRIORS = ("standard", "priorgrad")
 # Where a vocoder's reverse chain starts (inference/options.py says what each one is): pure noise, a Griffin-Lim
 # estimate of the mel, or that estimate rescaled toward the mel's envelope (audio/griffin_lim.rescale_to_mel).
 INITS = ("noise", "griffin-lim", "griffin-lim-envelope")
+# What a vocoder does to the chain's output: nothing, or rescale its STFT toward the mel's envelope (the same
+# rescaling as the griffin-lim-envelope start, phase kept): it removes the noise floor a network leaves in quiet
+# bands and the level errors of its louder ones.
+FINISHES = ("none", "envelope")
 
 
 def _check_choice(section: str, key: str, value: str, choices: Sequence[str]) -> None:
@@ -118,10 +122,12 @@ class DiffusionConfig:
     # a Griffin-Lim init refines its estimate through the plan's last init_start_step states.
     init: str = "noise"
     init_start_step: int | None = None
+    finish: str = "none"  # FINISHES: what `vocode` does to the chain's output when the caller does not say
 
     def __post_init__(self) -> None:
         _check_choice("diffusion", "schedule", self.schedule, SCHEDULES)
         _check_choice("diffusion", "init", self.init, INITS)
+        _check_choice("diffusion", "finish", self.finish, FINISHES)
         if self.init == INITS[0] and self.init_start_step is not None:
             raise ConfigError(f"diffusion.init_start_step applies to a Griffin-Lim init only (a chain from noise runs "
                               f"the whole plan), got {self.init_start_step} with init '{self.init}'")

@@ -21,7 +21,7 @@ from diffwave.audio.griffin_lim import GRIFFIN_LIM_ITERATIONS, griffin_lim, resc
 from diffwave.checkpoints import FORMAT_VERSION, export_safetensors, load_checkpoint
 from diffwave.config import config_to_dict, load_config
 from diffwave.diffusion import ReversePlan
-from diffwave.errors import CheckpointError, DiffwaveError, VocodeError
+from diffwave.errors import CheckpointError, ConfigError, DiffwaveError, VocodeError
 from diffwave.inference import Vocoder
 from diffwave.inference.chunking import PositionalNoise, draw_seed, utterance_seed
 from diffwave.inference.options import SamplingOptions, resolve
@@ -492,3 +492,52 @@ def test_generate_refuses_a_griffin_lim_start() -> None:
     config = load_config("tiny", ["model.conditional=false"])
     with pytest.raises(DiffwaveError, match="needs a conditional"):
         resolve(SamplingOptions(init="griffin-lim", start_step=1), config)
+
+
+# --- the envelope finish (issue 23: --finish envelope) -----------------------------------------------------
+def test_envelope_finish_rescales_each_whole_output_toward_its_mel() -> None:
+    """The finish is audio.griffin_lim.rescale_to_mel of each whole utterance's output: applied to the unfinished
+    output of the same seed, it gives the same audio whatever the windows, and it moves the log-mel toward the
+    target (the Gaussian network's output of a tone that drops to 5% is noisy where the tone is quiet)."""
+    vocoder, _, mel = gaussian_vocoder_and_mel()
+    plain = vocoder.vocode(mel, generator=seeded(3), chunk_seconds=None)
+    finished = vocoder.vocode(mel, finish="envelope", generator=seeded(3), chunk_seconds=None)
+    expected = rescale_to_mel(plain, mel, vocoder.config.audio).clamp(-1.0, 1.0)
+    torch.testing.assert_close(finished, expected, atol=0, rtol=0)
+    windowed = vocoder.vocode(mel, finish="envelope", generator=seeded(3), chunk_seconds=0.1, overlap_seconds=0.05)
+    plain_windowed = vocoder.vocode(mel, generator=seeded(3), chunk_seconds=0.1, overlap_seconds=0.05)
+    torch.testing.assert_close(windowed, rescale_to_mel(plain_windowed, mel, vocoder.config.audio).clamp(-1, 1),
+                               atol=0, rtol=0)
+
+    def distance(audio: torch.Tensor) -> float:
+        return (vocoder.mel(audio, RATE) - mel[:, :mel.shape[-1]]).abs().mean().item()
+
+    assert distance(finished) < 0.5 * distance(plain), (distance(finished), distance(plain))
+
+
+@pytest.mark.parametrize(("default", "asked", "expected"), [
+    ("none", {}, "none"), ("envelope", {}, "envelope"), ("envelope", dict(finish="none"), "none"),
+    ("none", dict(finish="envelope"), "envelope"),
+])
+def test_a_model_default_finish_applies_when_the_caller_names_none(default: str, asked: dict, expected: str) -> None:
+    config = load_config("tiny", [f"diffusion.finish={default}"])
+    assert resolve(SamplingOptions(**asked), config).finish == expected
+
+
+def test_bad_finishes_are_refused(vocoder: Vocoder) -> None:
+    with pytest.raises(VocodeError, match="unknown finish 'loudness'"):
+        vocoder.vocode(torch.zeros(3, 5), finish="loudness")
+    with pytest.raises(DiffwaveError, match="needs a conditional"):
+        resolve(SamplingOptions(finish="envelope"), load_config("tiny", ["model.conditional=false"]))
+    with pytest.raises(ConfigError, match="diffusion.finish is 'loud'"):
+        load_config("tiny", ["diffusion.finish=loud"])
+
+
+def test_cli_finish(checkpoint: Path, vocoder: Vocoder, tmp_path: Path) -> None:
+    mel = tone_mel(vocoder, 0.3)
+    np.save(tmp_path / "a.npy", mel.numpy())
+    assert cli.main(["vocode", str(tmp_path / "a.npy"), "--checkpoint", str(checkpoint), "--device", "cpu",
+                     "--dtype", "fp32", "--finish", "envelope", "-o", str(tmp_path / "out.wav")]) == 0
+    written, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    api = vocoder.vocode(mel, finish="envelope", generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(written, api.numpy(), atol=1 / 2**15, rtol=0)

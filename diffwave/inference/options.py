@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from diffwave.audio.prior import EnergyPrior
+from diffwave.config import FINISHES, Config
 from diffwave.config import INITS as INIT_NAMES
-from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, ReversePlan
 from diffwave.diffusion.reverse_plans import plan_for, starting_at
 from diffwave.diffusion.sampling import CORRECTOR_SNR, check_corrector
@@ -27,6 +27,7 @@ from diffwave.model.cpu_kernels import LayerWorkload
 from diffwave.precision import resolve_dtype
 
 NOISE, GRIFFIN_LIM, GRIFFIN_LIM_ENVELOPE = INIT_NAMES
+NO_FINISH, ENVELOPE_FINISH = FINISHES
 GRIFFIN_LIM_INITS = (GRIFFIN_LIM, GRIFFIN_LIM_ENVELOPE)  # the starts from an estimate, which take start_step
 INITS = dict(zip(INIT_NAMES, (
     "the plan's noisiest state, drawn from the prior (the default)",
@@ -46,9 +47,9 @@ class SamplingOptions:
     size set by `corrector_snr` (diffusion/sampling.py); `init` where the chain starts (INITS; None: the
     model's diffusion.init) and `start_step` K how many of the plan's last states refine a Griffin-Lim start
     (1..len(plan); None: the model's diffusion.init_start_step when the init resolved to a Griffin-Lim one,
-    so an explicit init="noise" still runs the whole plan); `dtype` the
-    network's precision ("auto", "fp32", "bf16", "fp16" or a torch dtype; None: the vocoder's own, fp32 for
-    generate)."""
+    so an explicit init="noise" still runs the whole plan); `finish` what is done to the chain's output
+    (FINISHES; None: the model's diffusion.finish); `dtype` the network's precision ("auto", "fp32", "bf16",
+    "fp16" or a torch dtype; None: the vocoder's own, fp32 for generate)."""
 
     sampler: str | None = None
     steps: int | None = None
@@ -57,6 +58,7 @@ class SamplingOptions:
     corrector_snr: float = CORRECTOR_SNR
     init: str | None = None
     start_step: int | None = None
+    finish: str | None = None
     dtype: torch.dtype | str | None = None
 
 
@@ -78,13 +80,14 @@ class Corrector:
 class Sampling:
     """Options resolved against a model: the plan the one loop runs (with a Griffin-Lim start, only its last
     start_step states), the corrector, the prior (PriorGrad's mel -> standard deviations; None: N(0, I)),
-    where the chain starts, and the network's dtype."""
+    where the chain starts, what is done to its output, and the network's dtype."""
 
     plan: ReversePlan
     corrector: Corrector = Corrector()
     prior: EnergyPrior | None = None
     init: str = NOISE
     dtype: torch.dtype = torch.float32
+    finish: str = NO_FINISH
 
 
 def resolve(options: SamplingOptions, config: Config, *, device: torch.device | None = None,
@@ -105,7 +108,19 @@ def resolve(options: SamplingOptions, config: Config, *, device: torch.device | 
     else:
         dtype = resolve_dtype(options.dtype, device or torch.device("cpu"), error,
                               workload=LayerWorkload(config.model.residual_channels))
-    return Sampling(plan, Corrector(options.corrector_steps, options.corrector_snr), prior, options.init, dtype)
+    finish = _finish(options.finish, config, error)
+    return Sampling(plan, Corrector(options.corrector_steps, options.corrector_snr), prior, options.init, dtype,
+                    finish)
+
+
+def _finish(finish: str | None, config: Config, error: type[DiffwaveError]) -> str:
+    """The finish asked for (None: the model's diffusion.finish), refused where it cannot apply."""
+    finish = config.diffusion.finish if finish is None else finish
+    if finish not in FINISHES:
+        raise error(f"unknown finish '{finish}', expected one of {', '.join(FINISHES)}")
+    if finish != NO_FINISH and not config.model.conditional:
+        raise error(f"finish '{finish}' rescales the output toward its mel: it needs a conditional (vocoder) model")
+    return finish
 
 
 def _with_model_start(options: SamplingOptions, config: Config) -> SamplingOptions:

@@ -47,6 +47,7 @@ from diffwave.inference.chunking import (
     utterance_seed,
 )
 from diffwave.inference.options import (
+    ENVELOPE_FINISH,
     GRIFFIN_LIM_ENVELOPE,
     GRIFFIN_LIM_INITS,
     Sampling,
@@ -166,6 +167,10 @@ class Vocoder:
         last K states of the plan refine it: K network passes. `init="griffin-lim-envelope"` first rescales x_GL
         toward the mel (audio.griffin_lim.rescale_to_mel, clamped to [-1, 1]: the network-free control).
 
+        Finish (`finish="envelope"`; None: the model's diffusion.finish): each whole utterance's output gets the
+        same rescaling toward its mel (phase kept), which removes the noise floor the network leaves in quiet
+        bands; with a Griffin-Lim envelope start, the network then only reworks what the mel cannot fix.
+
         Randomness: one base seed is drawn from `generator` (torch's global generator when None), and each
         utterance's noise is seeded by that base seed and its own mel values, per block of absolute sample
         positions (Griffin-Lim's initial phase too). The same generator state gives the same audio, whatever
@@ -260,8 +265,12 @@ class Vocoder:
             return self._reverse_chain(sampling, [mels[i] for i in active], [noises[i] for i in active], spans,
                                        None if starts is None else [starts[i] for i in active])
 
-        outputs = overlap_add(layout, [item.shape[-1] for item in mels], self.hop_length, run)
-        return [output.clamp_(-1.0, 1.0) for output in outputs]
+        outputs = [output.clamp_(-1.0, 1.0)
+                   for output in overlap_add(layout, [item.shape[-1] for item in mels], self.hop_length, run)]
+        if sampling.finish == ENVELOPE_FINISH:  # whole utterances: the result does not depend on the windows
+            outputs = [rescale_to_mel(output, mel, self._config.audio).clamp_(-1.0, 1.0).to(output)
+                       for output, mel in zip(outputs, mels, strict=True)]
+        return outputs
 
     def _griffin_lim_start(self, init: str, mel: Tensor, seed: int) -> Tensor:
         """The estimate a Griffin-Lim start refines: Griffin-Lim's audio for `mel`, rescaled toward it for
