@@ -56,7 +56,20 @@ def test_ship_writes_weights_card_manifest_and_readme_that_agree(scratch, tiny_c
             assert f"| {clips} | {system} |" in readme and f"| {clips} | {system} |" in card
     (row,) = ship.read_history(scratch / "history.tsv")
     assert row["step"] == "20" and 0 <= float(row["diffwave_stoi"]) <= 1
-    Vocoder.from_checkpoint(target / entry.file)  # loads as shipped
+    shipped = Vocoder.from_checkpoint(target / entry.file)  # loads as shipped
+    assert shipped.config.diffusion.finish == "none" and "tune-schedule" not in card
+
+
+def test_ship_can_set_the_finish_and_tune_the_schedule_it_ships(scratch, tiny_checkpoint, tiny_features):
+    assert ship.main([*ship_args(scratch, tiny_checkpoint, tiny_features), "--finish", "envelope",
+                      "--tune-schedule"]) == 0
+    (entry,) = pretrained.read_manifest(scratch / "target")
+    shipped = Vocoder.from_checkpoint(scratch / "target" / entry.file)
+    card = (scratch / "target" / entry.card).read_text()
+    assert shipped.config.diffusion.finish == "envelope" and "finish: envelope" in card
+    assert "tuned by `diffwave tune-schedule`" in card
+    betas = shipped.config.diffusion.fast_schedule
+    assert "fast_schedule:\n" + "".join(f"  - {beta}\n" for beta in betas) in card  # the card shows the shipped one
 
 
 def test_ship_refuses_features_that_hold_a_held_out_clip(scratch, tiny_checkpoint, tiny_features, capsys):

@@ -35,11 +35,12 @@ from safetensors import safe_open  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from diffwave import cli, pretrained  # noqa: E402
-from diffwave.checkpoints import latest_checkpoint, load_safetensors  # noqa: E402
-from diffwave.config import config_from_dict, config_to_yaml  # noqa: E402
+from diffwave.checkpoints import export_safetensors, latest_checkpoint, load_safetensors  # noqa: E402
+from diffwave.config import FINISHES, config_from_dict, config_to_yaml  # noqa: E402
 from diffwave.errors import DiffwaveError  # noqa: E402
 from diffwave.evaluation import heldout  # noqa: E402
 from diffwave.fileio import atomic_write  # noqa: E402
+from diffwave.inference.tuning import tune_schedule  # noqa: E402
 from diffwave.inference.vocoder import Vocoder  # noqa: E402
 from diffwave.pretrained import PretrainedModel  # noqa: E402
 
@@ -214,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unseen", type=Path, default=ROOT / "recipes" / "demo" / "unseen",
                         help="held-out clips of a speaker the voice never heard (default: the demo's June clips)")
     parser.add_argument("--crop-seconds", type=float, help="score only the first S seconds of each clip (quick runs)")
+    parser.add_argument("--finish", choices=FINISHES, help="set the shipped config's diffusion.finish (vocode's "
+                                                           "default finish) before scoring")
+    parser.add_argument("--tune-schedule", action="store_true",
+                        help="tune the fast schedule on the features' validation clips (diffwave tune-schedule) "
+                             "before scoring, and ship it as vocode's default")
     return run_shipping(ship, parser.parse_args(argv))
 
 
@@ -252,6 +258,9 @@ def export_for_shipping(args: argparse.Namespace) -> tuple[Path, Path, int]:
 def ship(args: argparse.Namespace) -> None:
     """Export, score and describe first; write into the package only once all of that has worked."""
     checkpoint, exported, size = export_for_shipping(args)
+    if args.finish:
+        export_safetensors(exported, exported, changes={"diffusion": {"finish": args.finish}})
+    tuning = tuned_schedule(exported, args.features) if args.tune_schedule else ""
     weights, values = load_safetensors(exported)
     config = config_from_dict(values, source=str(exported))
     step = step_of(exported)
@@ -287,7 +296,7 @@ def ship(args: argparse.Namespace) -> None:
                        f"{wall:.2f} wall-clock hours on {args.cores} CPU cores = {wall * args.cores:.2f} CPU-hours "
                        "(from the run's TensorBoard logs)."),
         "curve": f"![validation loss and held-out quality against CPU-hours]({curve})",
-        "config": config_to_yaml(config).strip(), "setup": setup,
+        "config": config_to_yaml(config).strip(), "setup": setup, "tuning": tuning,
         "summary": heldout.summary_table(results), "metrics": heldout.markdown_tables(results),
         "history": history_table(history),
         "tried": (HERE / "tried_configs.md").read_text().strip(),
@@ -303,6 +312,15 @@ def ship(args: argparse.Namespace) -> None:
     print(f"ship: {args.name} (step {step}, {size / 1e6:.1f} MB, sha256 {digest[:12]}...) written to {target}; "
           f"card {target / card}")
     print(heldout.summary_table(results))
+
+
+def tuned_schedule(exported: Path, features: Path) -> str:
+    """Tune `exported`'s fast schedule in place (inference/tuning.py); the card's sentence about it."""
+    candidates = tune_schedule(exported, features, exported)
+    best, start = candidates[0], next(c for c in candidates if c.origin == "start")
+    return (f"`diffusion.fast_schedule` was tuned by `diffwave tune-schedule` on the first 4 validation clips of "
+            f"the features folder (2 s each): {len(candidates)} distinct runs, composite score {best.score:.3f} "
+            f"against 1.000 for the schedule it started from ({', '.join(f'{b:.3g}' for b in start.betas)}).")
 
 
 def step_of(exported: Path) -> int:
