@@ -12,27 +12,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 from pathlib import Path
 
 import torch
 
 from diffwave.evaluation import heldout
 from diffwave.inference.vocoder import Vocoder
+from diffwave.precision import cpu_model
 
 DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 SETS = {"Seen speaker (LJSpeech)": DEMO / "clips", "Unseen speaker (June)": DEMO / "unseen"}
-
-
-def cpu_name() -> str:
-    """The CPU's model name (lscpu's), for the table's caption."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -60,7 +49,7 @@ def main() -> None:
                 baselines = {(name, heldout.SYSTEMS[s]): table[s] for s in ("griffin_lim", "gl_envelope")}
         rows |= baselines
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{heldout.describe_setup(vocoder, sets)}; CPU {cpu_name()}, {torch.get_num_threads()} threads, 1-minute "
+    print(f"{heldout.describe_setup(vocoder, sets)}; CPU {cpu_model()}, {torch.get_num_threads()} threads, 1-minute "
           f"load average at the end {load:.1f}")
     print(heldout.rows_table(rows, ("clips", "system")))
 

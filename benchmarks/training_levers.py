@@ -15,10 +15,11 @@ import argparse
 import os
 
 import torch
-from griffin_lim_start import SETS, cpu_name
+from griffin_lim_start import SETS
 
 from diffwave.evaluation import heldout
 from diffwave.inference.vocoder import Vocoder
+from diffwave.precision import cpu_model
 
 
 def lever(text: str) -> tuple[str, str, float | None]:
@@ -60,7 +61,7 @@ def main() -> None:
                     baselines |= {(set_name, heldout.SYSTEMS[s]): table[s] for s in ("griffin_lim", "gl_envelope")}
         print(f"scored {name}", flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{heldout.describe_setup(vocoder, sets)}; CPU {cpu_name()}, {torch.get_num_threads()} threads, 1-minute "
+    print(f"{heldout.describe_setup(vocoder, sets)}; CPU {cpu_model()}, {torch.get_num_threads()} threads, 1-minute "
           f"load average at the end {load:.1f}")
     ordered = {key: value for set_name in SETS for key, value in (rows | baselines).items() if key[0] == set_name}
     print(heldout.rows_table(ordered, ("clips", "system")))

@@ -8,20 +8,30 @@
   milliseconds once per process and shape, and bf16 must beat fp32 by `AUTO_MARGIN` (it costs fidelity, so a
   tie is fp32). One log line gives the choice and both timings. CPUs without bf16 matrix units (AMX,
   AVX512-BF16) emulate bf16 GEMMs and lose; CPUs with them win only as far as the kernels make them.
+  With `DIFFWAVE_PRECISION_CACHE=FILE` the measurements are also kept in that small JSON file, keyed by the
+  CPU model, torch version, thread count and shapes, so every later process on the machine reuses the first
+  one's (the same choice each time, however noisy a later measurement would be); a file that cannot be read
+  is measured over, with a warning, and never stops a run.
 Only the network's GEMMs change precision; the reverse chain (`diffusion.sampling.sample`) stays fp32. Both
 policies run the network under `autocast`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import platform
 import time
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from diffwave.errors import DiffwaveError
+from diffwave.fileio import atomic_write
 
 logger = logging.getLogger("diffwave.precision")
 
@@ -29,6 +39,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = ("auto", *DTYPES)  # the names configs and the CLI accept
 AUTO_MARGIN = 0.9  # bf16 is picked only at under 90% of fp32's time
 CALIBRATION_REPEATS = 3  # best of, per precision, after one warm-up call each
+CACHE_ENV = "DIFFWAVE_PRECISION_CACHE"  # optional per-machine file of calibrations
 clock = time.perf_counter  # what `calibrate` reads (tests give it a fake one)
 
 
@@ -58,6 +69,8 @@ def calibrate(workload: Workload, device: torch.device,
     """Seconds of one `workload` call in fp32 and in bf16 (the best of `CALIBRATION_REPEATS`, the two
     precisions interleaved so that a passing disturbance hits both), measured once per process and shape."""
     key, timer = (str(device), workload.key), timer or clock
+    if key not in _calibrations and (cached := _read_cache(key)) is not None:
+        _calibrations[key] = cached
     if key not in _calibrations:
         dtypes = (torch.float32, torch.bfloat16)
         best = dict.fromkeys(dtypes, float("inf"))
@@ -70,7 +83,59 @@ def calibrate(workload: Workload, device: torch.device,
                     workload(dtype)
                     best[dtype] = min(best[dtype], timer() - start)
         _calibrations[key] = best
+        _write_cache(key, best)
     return _calibrations[key]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (lscpu's), which measurements are quoted with and cached for."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def _machine_key(key: Hashable) -> str:
+    """What a cached calibration is valid for: this CPU model, torch build, thread count, device and shapes."""
+    return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {key}"
+
+
+def _cache_entries(path: Path) -> dict[str, dict[str, float]]:
+    try:
+        entries = json.loads(path.read_text()) if path.exists() else {}
+        if not isinstance(entries, dict):
+            raise ValueError("not a JSON object")
+        return entries
+    except (OSError, ValueError) as error:
+        logger.warning("%s=%s: unreadable (%s); measuring again", CACHE_ENV, path, error)
+        return {}
+
+
+def _read_cache(key: Hashable) -> dict[torch.dtype, float] | None:
+    if not os.environ.get(CACHE_ENV):
+        return None
+    path = Path(os.environ[CACHE_ENV])
+    entry = _cache_entries(path).get(_machine_key(key))
+    try:
+        return {DTYPES[name]: float(entry[name]) for name in ("fp32", "bf16")} if entry else None
+    except (KeyError, TypeError, ValueError):
+        logger.warning("%s=%s: a malformed entry; measuring again", CACHE_ENV, path)
+        return None
+
+
+def _write_cache(key: Hashable, seconds: dict[torch.dtype, float]) -> None:
+    if not os.environ.get(CACHE_ENV):
+        return
+    path = Path(os.environ[CACHE_ENV])
+    names = {dtype: name for name, dtype in DTYPES.items()}
+    entries = _cache_entries(path) | {_machine_key(key): {names[d]: value for d, value in seconds.items()}}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as temp:
+            temp.write_text(json.dumps(entries, indent=1))
+    except OSError as error:
+        logger.warning("%s=%s: not written (%s)", CACHE_ENV, path, error)
 
 
 def auto_dtype(device: torch.device, workload: Workload | None,

@@ -4,6 +4,7 @@ both branches), cached per process."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -94,3 +95,31 @@ def test_training_auto_is_fp32_on_the_cpu_and_names_pass_through() -> None:
     cpu = torch.device("cpu")
     assert training_precision("auto", cpu) == "fp32"
     assert [training_precision(name, cpu) for name in DTYPES] == list(DTYPES)
+
+
+def test_a_cache_file_keeps_the_calibration_for_later_processes(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With DIFFWAVE_PRECISION_CACHE, a new process (a fresh per-process cache) reuses the file's timings without
+    measuring; other shapes are measured and added; an unreadable file is measured over, not fatal."""
+    cache = tmp_path / "cache" / "precision.json"
+    monkeypatch.setenv(precision.CACHE_ENV, str(cache))
+    cpu = torch.device("cpu")
+    first = calibrate(CountingWorkload("a"), cpu, fake_timer(2e-3, 1e-3))
+    assert cache.is_file()
+    monkeypatch.setattr(precision, "_calibrations", {})  # a later process
+    again = CountingWorkload("a")
+    assert calibrate(again, cpu, fake_timer(1.0, 1.0)) == first and again.calls == []
+    other = CountingWorkload("b")
+    calibrate(other, cpu, fake_timer(5e-3, 1e-3))
+    assert len(other.calls) == 2 * (1 + precision.CALIBRATION_REPEATS) and len(json.loads(cache.read_text())) == 2
+    cache.write_text("{not json")
+    monkeypatch.setattr(precision, "_calibrations", {})
+    measured = CountingWorkload("a")
+    assert calibrate(measured, cpu, fake_timer(3e-3, 1e-3))[torch.float32] == pytest.approx(3e-3)
+    assert measured.calls and len(json.loads(cache.read_text())) == 1  # rewritten from this measurement
+
+
+def test_without_the_cache_variable_nothing_is_written(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(precision.CACHE_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    calibrate(CountingWorkload("a"), torch.device("cpu"), fake_timer(2e-3, 1e-3))
+    assert list(tmp_path.iterdir()) == []
