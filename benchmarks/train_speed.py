@@ -5,9 +5,14 @@
                                      [--profile]
 
 Builds a small synthetic corpus in a temp folder, preprocesses it with the config's front-end, then times
-`Trainer.fit` (data loading, forward, backward, optimizer, EMA) after one warm-up step, each precision in a
-fresh process so that its peak memory is its own. One row per precision (and per train.activation_memory_mb
-value with --activation-memory-mb: rows labelled e.g. `fp32 3900`, `fp32 null`, the latter never recomputing):
+`Trainer.fit` (data loading, forward, backward, optimizer, EMA) after one warm-up step, up to the end of its
+last step (not the checkpoint a run writes when it ends), each precision in a fresh process so that its peak
+memory is its own. Data loads in the training process (data.num_workers=0): with the corpus's 2-batch epochs, a
+worker forked at every epoch would share the trainer's gigabytes of activations copy-on-write, and the
+trainer's next writes to them fault page by page (0.5M page faults and about 1.2 s of system time per step
+measured for BASE 4 x 62), a cost a real run's long epochs pay once per epoch.
+One row per precision (and per train.activation_memory_mb value with --activation-memory-mb: rows labelled
+e.g. `fp32 3900`, `fp32 null`, the latter never recomputing):
 - samples/s: audio samples trained on per second (batch * frames * hop per step);
 - GFLOP/s: the network's useful arithmetic per second (3x the forward's multiply-adds, counted from the
   config), and that as a fraction of this device's measured matmul peak in the same precision;
@@ -20,6 +25,7 @@ reference implementation's training step at the same shapes in a fresh process, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
@@ -73,7 +79,7 @@ def settings(args: argparse.Namespace, precision: str, memory: str | None) -> li
     return [*memory_setting, f"train.batch_size={args.batch_size}", f"data.crop_frames={args.frames}",
             f"train.precision={precision}",
             "train.log_every=100000", "train.valid_every=100000", "train.sample_every=100000",
-            "train.save_every=100000", "data.num_workers=1", "data.valid_fraction=0", "data.test_fraction=0"]
+            "train.save_every=100000", "data.num_workers=0", "data.valid_fraction=0", "data.test_fraction=0"]
 
 
 def time_precision(args: argparse.Namespace, features: Path, work: Path, precision: str,
@@ -90,13 +96,8 @@ def time_precision(args: argparse.Namespace, features: Path, work: Path, precisi
         torch.cuda.reset_peak_memory_stats(device)
     profiler = torch.profiler.profile() if args.profile else None
     start = time.perf_counter()
-    if profiler is None:
-        trainer.fit()
-    else:
-        with profiler:
-            trainer.fit()
-    synchronize(device)
-    seconds = time.perf_counter() - start
+    with profiler or contextlib.nullcontext():
+        seconds = timed_fit(trainer, device) - start
     samples = args.steps * args.batch_size * args.frames * config.audio.hop_length
     row = {"samples_per_s": samples / seconds, "gflops": samples * training_flops_per_sample(config) / seconds / 1e9,
            "peak_gflops": matmul_peak_gflops(device, DTYPES[precision]), "peak_mb": peak_memory_mb(device)}
@@ -105,6 +106,19 @@ def time_precision(args: argparse.Namespace, features: Path, work: Path, precisi
         row |= {f"phase {phase}": sum(v for k, v in totals.items() if k.startswith(phase)) / seconds
                 for phase in PHASES}
     return row
+
+
+def timed_fit(trainer: Trainer, device: torch.device) -> float:
+    """`trainer.fit()`, returning the clock at the end of its last step: the checkpoint a run writes when it
+    ends is not part of a step (the reference's step writes none)."""
+    ends = []
+
+    def step_done(_trainer: Trainer) -> None:
+        synchronize(device)
+        ends.append(time.perf_counter())
+
+    trainer.fit(step_done)
+    return ends[-1]
 
 
 REFERENCE_STEP = textwrap.dedent("""
