@@ -562,3 +562,16 @@ def test_envelope_finish_brings_the_output_to_the_level_of_the_mel(peak: float, 
     finished = vocoder.vocode(mel, finish="envelope", generator=seeded(0), chunk_seconds=None)
     assert level_db(plain) == pytest.approx(plain_db, abs=1.0)
     assert abs(level_db(finished)) < 1.0, level_db(finished)
+
+
+def test_the_held_out_setup_sentence_says_how_the_default_path_starts_and_finishes() -> None:
+    from diffwave.evaluation.heldout import describe_setup
+
+    vocoder, model, _ = gaussian_vocoder_and_mel()
+    sets = {"tones": {"a": torch.zeros(RATE // 4)}}
+    assert "finished" not in describe_setup(vocoder, sets)
+    config = load_config("tiny", ["diffusion.init=griffin-lim-envelope", "diffusion.init_start_step=1",
+                                  "diffusion.finish=envelope"])
+    text = describe_setup(Vocoder(model, config, device="cpu"), sets)
+    assert "default start (griffin-lim-envelope: the estimate refined through the last 1 of 6" in text
+    assert "finished by the envelope rescaling toward the mel" in text

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from diffwave.audio import read_audio
 from diffwave.audio.griffin_lim import ENVELOPE_PASSES, GRIFFIN_LIM_ITERATIONS, griffin_lim, rescale_to_mel
-from diffwave.config import INITS, Config
+from diffwave.config import FINISHES, INITS, Config
 from diffwave.diffusion import ReversePlan
 from diffwave.errors import DataError
 from diffwave.evaluation.metrics import log_mel_distance, multi_resolution_stft_distance, pesq_score, stoi_score
@@ -186,6 +186,8 @@ def describe_setup(vocoder: VocoderLike, sets: dict[str, dict[str, Tensor]], sam
         full = vocoder.plan(sampler, steps, init=INITS[0])
         diffwave = (f"DiffWave from its default start ({init}: the estimate refined through the last {len(plan)} of "
                     f"{len(full)} {full.name.split('-')[0]} steps, {len(plan)} network pass{'es' * (len(plan) != 1)})")
+    if vocoder.config.diffusion.finish != FINISHES[0]:
+        diffwave += f", its output finished by the {vocoder.config.diffusion.finish} rescaling toward the mel"
     return (f"held-out clips ({clips}), {diffwave} on "
             f"{vocoder.device} ({torch.get_num_threads()} threads{load}), Griffin-Lim {GRIFFIN_LIM_ITERATIONS} "
             f"iterations (momentum 0.99) on the same mels, and Griffin-Lim + envelope: that audio after "
