@@ -62,12 +62,16 @@ def test_ship_writes_weights_card_manifest_and_readme_that_agree(scratch, tiny_c
 
 def test_ship_can_set_the_finish_and_tune_the_schedule_it_ships(scratch, tiny_checkpoint, tiny_features):
     assert ship.main([*ship_args(scratch, tiny_checkpoint, tiny_features), "--finish", "envelope",
-                      "--tune-schedule"]) == 0
+                      "--tune-schedule", "--continues", "9660:15.42", "--cpu-hours", "0.5"]) == 0
     (entry,) = pretrained.read_manifest(scratch / "target")
     shipped = Vocoder.from_checkpoint(scratch / "target" / entry.file)
     card = (scratch / "target" / entry.card).read_text()
     assert shipped.config.diffusion.finish == "envelope" and "finish: envelope" in card
     assert "tuned by `diffwave tune-schedule`" in card
+    # the run went on from 9660 steps and 15.42 CPU-hours: the card and the history count both parts
+    assert "9680 steps of batch" in card and "= 15.92 CPU-hours (the last 20 steps in a run started" in card
+    (row,) = ship.read_history(scratch / "history.tsv")
+    assert (row["step"], row["cpu_hours"]) == ("9680", "15.92")
     betas = shipped.config.diffusion.fast_schedule
     assert "fast_schedule:\n" + "".join(f"  - {beta}\n" for beta in betas) in card  # the card shows the shipped one
 

@@ -217,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop-seconds", type=float, help="score only the first S seconds of each clip (quick runs)")
     parser.add_argument("--finish", choices=FINISHES, help="set the shipped config's diffusion.finish (vocode's "
                                                            "default finish) before scoring")
+    parser.add_argument("--continues", type=budget, metavar="STEPS:CPU_HOURS",
+                        help="the run started (--init-from) from weights trained this long: the card counts both")
+    parser.add_argument("--cpu-hours", type=float, help="the run's CPU-hours as measured (default: wall-clock hours "
+                                                        "from its logs times --cores)")
     parser.add_argument("--tune-schedule", action="store_true",
                         help="tune the fast schedule on the features' validation clips (diffwave tune-schedule) "
                              "before scoring, and ship it as vocode's default")
@@ -274,7 +278,15 @@ def ship(args: argparse.Namespace) -> None:
     means = heldout.means(results[SEEN])  # the quality curve follows the seen speaker, as it always has
 
     hours, valid = training_curve(checkpoint.resolve().parent.parent, config.train.log_every)
+    run_step, run_cpu_hours = step, args.cpu_hours
+    if args.continues:  # the run started (--init-from) from weights with a training budget of their own
+        base_step, base_cpu_hours = args.continues
+        step += base_step
+        hours = [(s + base_step, h + base_cpu_hours / args.cores) for s, h in hours]
+        valid = [(s + base_step, loss) for s, loss in valid]
     wall = hours_at(hours, step)
+    if run_cpu_hours is not None:  # measured by the process's CPU time: a shared machine's wall clock overstates it
+        wall = (args.continues[1] if args.continues else 0.0) / args.cores + run_cpu_hours / args.cores
     history_path = args.history
     row = {"step": str(step), "wall_hours": f"{wall:.2f}", "cpu_hours": f"{wall * args.cores:.2f}"}
     row |= {f"{system}_{metric}": f"{means[system][metric]:.4f}" for system in heldout.SYSTEMS
@@ -294,7 +306,11 @@ def ship(args: argparse.Namespace) -> None:
         "sample_rate": str(config.audio.sample_rate), "heldout": ", ".join(sets[SEEN]),
         "steps_text": (f"{step} steps of batch {config.train.batch_size} (crops of {config.data.crop_frames} frames), "
                        f"{wall:.2f} wall-clock hours on {args.cores} CPU cores = {wall * args.cores:.2f} CPU-hours "
-                       "(from the run's TensorBoard logs)."),
+                       + (f"(the last {run_step} steps in a run started from weights of {args.continues[0]} steps and "
+                          f"{args.continues[1]:.2f} CPU-hours, with a fresh optimizer; "
+                          if args.continues else "(")
+                       + ("that run's CPU time as measured)." if run_cpu_hours is not None
+                          else "from the run's TensorBoard logs).")),
         "curve": f"![validation loss and held-out quality against CPU-hours]({curve})",
         "config": config_to_yaml(config).strip(), "setup": setup, "tuning": tuning,
         "summary": heldout.summary_table(results), "metrics": heldout.markdown_tables(results),
@@ -312,6 +328,15 @@ def ship(args: argparse.Namespace) -> None:
     print(f"ship: {args.name} (step {step}, {size / 1e6:.1f} MB, sha256 {digest[:12]}...) written to {target}; "
           f"card {target / card}")
     print(heldout.summary_table(results))
+
+
+def budget(text: str) -> tuple[int, float]:
+    """--continues STEPS:CPU_HOURS."""
+    steps, _, hours = text.partition(":")
+    try:
+        return int(steps), float(hours)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STEPS:CPU_HOURS, e.g. 9660:15.42, got '{text}'") from None
 
 
 def tuned_schedule(exported: Path, features: Path) -> str:
