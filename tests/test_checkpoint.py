@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from diffwave.checkpoints import (
@@ -441,13 +442,16 @@ def test_checkpoints_marked_by_distill_student_load_with_model_prediction(tmp_pa
         check_compatible(config_before_prediction(not student), now)
 
 
-def test_the_shipped_voice_written_with_distill_student_loads_unchanged():
-    path = ROOT / "diffwave" / "pretrained" / "voice.safetensors"
-    with safe_open(str(path), framework="pt") as file:
-        assert json.loads(file.metadata()["config"])["distill"]["student"] is False  # the file as shipped
+@pytest.mark.parametrize(("student", "prediction"), [(True, "consistency"), (False, "epsilon")])
+def test_a_safetensors_file_written_with_distill_student_loads_unchanged(tmp_path, student, prediction):
+    """As the shipped voice was written until step 9660: an export in the old keys loads, weights unchanged."""
+    weights = {k: v.contiguous() for k, v in DiffWave.from_config(load_config("tiny")).state_dict().items()}
+    path = tmp_path / "old.safetensors"
+    save_file(weights, str(path), metadata={"format": "diffwave", "format_version": str(FORMAT_VERSION),
+                                            "config": json.dumps(config_before_prediction(student)), "step": "9660"})
     model, config = load_model(path)
-    assert config.model.prediction == "epsilon"
-    assert_same(load_safetensors(path)[0], dict(model.state_dict()))
+    assert config.model.prediction == prediction
+    assert_same(weights, dict(model.state_dict()))
 
 
 # --- H45: no unsafe loading anywhere in the package -----------------------------------------------------------
