@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from diffwave import __version__
 from diffwave.config import FINISHES, PRESETS, config_to_yaml, load_config
+from diffwave.config import INITS as INIT_NAMES
 from diffwave.diffusion.reverse_plans import SAMPLERS
 from diffwave.diffusion.sampling import CORRECTOR_SNR
 from diffwave.errors import DiffwaveError
@@ -231,6 +232,22 @@ def _pretrained_command(args: argparse.Namespace) -> None:
         size = f"{model.path.stat().st_size / 1e6:.1f} MB" if model.path.is_file() else "file missing"
         print(f"{model.name} ({model.task}{', default' if model.default else ''}): {model.description} [{size}; card: "
               f"{model.card_path}]")
+        if model.task == "vocoder" and model.path.is_file():
+            print(f"  vocode defaults: {_sampling_defaults(model.path)}")
+
+
+def _sampling_defaults(path: Path) -> str:
+    """What `vocode` runs with a model file when no flag says otherwise."""
+    from diffwave.checkpoints import load_safetensors
+
+    try:
+        diffusion = load_safetensors(path)[1]["diffusion"]
+    except DiffwaveError as error:  # a damaged file is still listed; loading it names the damage again
+        return f"unreadable ({error})"
+    init, k = diffusion.get("init", INIT_NAMES[0]), diffusion.get("init_start_step")
+    start = f"--init {init}" + (f" --start-step {k}" if k else "")
+    betas = ",".join(f"{beta:g}" for beta in diffusion["fast_schedule"])
+    return f"{start} --finish {diffusion.get('finish', FINISHES[0])} --schedule {betas}"
 
 
 def _generate_command(args: argparse.Namespace) -> None:

@@ -190,6 +190,10 @@ def test_cli_lists_the_shipped_models_and_vocodes_without_a_checkpoint(tmp_path)
     default = pretrained.find()
     assert listing.returncode == 0, listing.stderr
     assert f"{default.name} ({default.task}, default): {default.description}" in listing.stdout
+    config = Vocoder.from_pretrained().config.diffusion
+    schedule = ",".join(f"{beta:g}" for beta in config.fast_schedule)
+    assert (f"  vocode defaults: --init {config.init} --start-step {config.init_start_step} --finish {config.finish} "
+            f"--schedule {schedule}") in listing.stdout
 
     reference, rate = sf.read(CLIP, dtype="float32")
     sf.write(tmp_path / "short.wav", reference[:rate // 3], rate)
