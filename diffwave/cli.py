@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from diffwave import __version__
 from diffwave.config import FINISHES, PRESETS, config_to_yaml, load_config
-from diffwave.config import INITS as INIT_NAMES
 from diffwave.diffusion.reverse_plans import SAMPLERS
 from diffwave.diffusion.sampling import CORRECTOR_SNR
 from diffwave.errors import DiffwaveError
@@ -239,15 +238,16 @@ def _pretrained_command(args: argparse.Namespace) -> None:
 def _sampling_defaults(path: Path) -> str:
     """What `vocode` runs with a model file when no flag says otherwise."""
     from diffwave.checkpoints import load_safetensors
+    from diffwave.config import config_from_dict
 
     try:
-        diffusion = load_safetensors(path)[1]["diffusion"]
+        diffusion = config_from_dict(load_safetensors(path)[1], source=str(path)).diffusion
     except DiffwaveError as error:  # a damaged file is still listed; loading it names the damage again
         return f"unreadable ({error})"
-    init, k = diffusion.get("init", INIT_NAMES[0]), diffusion.get("init_start_step")
-    start = f"--init {init}" + (f" --start-step {k}" if k else "")
-    betas = ",".join(f"{beta:g}" for beta in diffusion["fast_schedule"])
-    return f"{start} --finish {diffusion.get('finish', FINISHES[0])} --schedule {betas}"
+    start = f"--init {diffusion.init}" + (f" --start-step {diffusion.init_start_step}"
+                                          if diffusion.init_start_step else "")
+    betas = ",".join(f"{beta:g}" for beta in diffusion.fast_schedule)
+    return f"{start} --finish {diffusion.finish} --schedule {betas}"
 
 
 def _generate_command(args: argparse.Namespace) -> None:

@@ -112,10 +112,14 @@ def _cache_entries(path: Path) -> dict[str, dict[str, float]]:
         return {}
 
 
+def _cache_path() -> Path | None:
+    """The calibration cache file, when DIFFWAVE_PRECISION_CACHE names one."""
+    return Path(os.environ[CACHE_ENV]) if os.environ.get(CACHE_ENV) else None
+
+
 def _read_cache(key: Hashable) -> dict[torch.dtype, float] | None:
-    if not os.environ.get(CACHE_ENV):
+    if (path := _cache_path()) is None:
         return None
-    path = Path(os.environ[CACHE_ENV])
     entry = _cache_entries(path).get(_machine_key(key))
     try:
         return {DTYPES[name]: float(entry[name]) for name in ("fp32", "bf16")} if entry else None
@@ -125,9 +129,8 @@ def _read_cache(key: Hashable) -> dict[torch.dtype, float] | None:
 
 
 def _write_cache(key: Hashable, seconds: dict[torch.dtype, float]) -> None:
-    if not os.environ.get(CACHE_ENV):
+    if (path := _cache_path()) is None:
         return
-    path = Path(os.environ[CACHE_ENV])
     names = {dtype: name for name, dtype in DTYPES.items()}
     entries = _cache_entries(path) | {_machine_key(key): {names[d]: value for d, value in seconds.items()}}
     try:

@@ -138,7 +138,7 @@ def search(vocoder: VocoderLike, clips: dict[str, Tensor], schedule: NoiseSchedu
             for factor in REFINE_FACTORS:
                 betas = tuple(beta * factor if position == index else beta
                               for position, beta in enumerate(best.betas))
-                if not all(0 < beta < 1 for beta in betas) or not fits(schedule, betas):
+                if not fits(schedule, betas):  # a beta outside (0, 1), or a level outside the range
                     continue
                 candidate = consider(betas, "refine")
                 if candidate.score < best.score:
