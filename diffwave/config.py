@@ -26,6 +26,7 @@ from diffwave.precision import PRECISIONS
 MEL_PRESETS = ("hifigan", "lmnt")
 SCHEDULES = ("linear", "cosine")
 PRIORS = ("standard", "priorgrad")
+PRIOR_NORMALIZATIONS = ("corpus", "utterance")  # audio/prior.py: what sets a priorgrad S of 1
 # Where a vocoder's reverse chain starts (inference/options.py says what each one is): pure noise, a Griffin-Lim
 # estimate of the mel, or that estimate rescaled toward the mel's envelope (audio/griffin_lim.rescale_to_mel).
 INITS = ("noise", "griffin-lim", "griffin-lim-envelope")
@@ -100,7 +101,8 @@ class DiffusionConfig:
     """Training noise schedule (T steps), the fast reverse schedule for inference, the loss, and the prior.
 
     `prior: priorgrad` shapes the noise by the mel's frame energy (PriorGrad; see audio/prior.py); its
-    normalisation uses the training corpus's frame-energy range, which training fills in and checkpoints carry.
+    normalisation uses the training corpus's frame-energy range, which training fills in and checkpoints carry,
+    and with `prior_normalization: utterance` each utterance's own loudness too.
     """
 
     schedule: str = "linear"
@@ -111,6 +113,7 @@ class DiffusionConfig:
     loss: str = "l2"
     prior: str = "standard"
     prior_floor: float = 0.1  # PriorGrad's smallest standard deviation
+    prior_normalization: str = "corpus"  # PRIOR_NORMALIZATIONS: "utterance" brings each to the corpus's loudness
     prior_energy_min: float | None = None  # corpus statistics, set when training starts
     prior_energy_max: float | None = None
     # An auxiliary loss on the clean-signal estimate x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t):
@@ -139,6 +142,7 @@ class DiffusionConfig:
                               f"got {self.x0_mel_weight} and {self.x0_max_step}")
         _check_choice("diffusion", "loss", self.loss, LOSS_KINDS)
         _check_choice("diffusion", "prior", self.prior, PRIORS)
+        _check_choice("diffusion", "prior_normalization", self.prior_normalization, PRIOR_NORMALIZATIONS)
         if not 0 < self.prior_floor <= 1:
             raise ConfigError(f"diffusion.prior_floor must lie in (0, 1], got {self.prior_floor}")
         energies = (self.prior_energy_min, self.prior_energy_max)

@@ -11,9 +11,17 @@ import pytest
 import torch
 
 from diffwave.audio import LogMel
-from diffwave.audio.prior import ENERGY_QUANTILE, EnergyPrior, corpus_energy_range, frame_energy, mel_magnitudes
+from diffwave.audio.prior import (
+    ENERGY_QUANTILE,
+    EnergyPrior,
+    corpus_energy_range,
+    frame_energy,
+    mel_magnitudes,
+    reference_energy,
+)
 from diffwave.checkpoints import load_checkpoint
 from diffwave.config import AudioConfig, config_from_dict, config_to_dict, load_config
+from diffwave.data.dataset import crops_for_training, crops_for_validation
 from diffwave.diffusion import ddim, fast_schedule
 from diffwave.errors import ConfigError
 from diffwave.inference import Vocoder
@@ -93,6 +101,83 @@ def test_a_silent_or_empty_corpus_has_no_range():
         corpus_energy_range([], HIFIGAN)
 
 
+# --- per-utterance normalisation -------------------------------------------------------------------------
+def _numpy_std(mel: torch.Tensor, e_min: float, e_max: float, floor: float, e_ref: float | None) -> np.ndarray:
+    """The module doc's S, written out with numpy (hifigan preset): e = sqrt(sum exp(mel)), scaled by
+    e_max / e_ref when given, then (e - e_min) / (e_max - e_min) clipped to [floor, 1]."""
+    energy = np.sqrt(np.exp(mel.double().numpy()).sum(axis=0))
+    if e_ref is not None:
+        energy = energy * e_max / e_ref
+    return np.clip((energy - e_min) / (e_max - e_min), floor, 1.0)
+
+
+def test_a_voice_louder_or_quieter_than_the_corpus_keeps_its_envelope_per_utterance():
+    """The corpus is one voice (loud half, quiet half); the same voice 26 dB quieter and 7 dB louder is
+    clamped by corpus statistics (the floor almost everywhere, or 1 over the loud half), but per utterance its
+    S is the corpus voice's own. Every S is checked against the numpy formula."""
+    config = HIFIGAN
+    voice = harmonic_tone(config.sample_rate, 1.0, f0=150.0, noise=0.0)
+    voice[len(voice) // 2:] *= 0.1
+    voice *= 0.4 / np.abs(voice).max()
+    mel_of = lambda gain: LogMel(config)(torch.from_numpy(gain * voice).float())  # noqa: E731
+    e_min, e_max = corpus_energy_range([mel_of(1.0)], config)
+    corpus = EnergyPrior(config, e_min, e_max, floor=0.1)
+    per_utterance = dataclasses.replace(corpus, per_utterance=True)
+    own = corpus.frame_std(mel_of(1.0)).numpy()
+    assert own.max() == pytest.approx(1.0) and own.min() < 0.5  # the corpus voice spans the range
+    for gain in (0.05, 2.2):
+        mel = mel_of(gain)
+        e_ref = reference_energy(mel, config)
+        assert e_ref == pytest.approx(np.quantile(np.sqrt(np.exp(mel.double().numpy()).sum(0)), ENERGY_QUANTILE))
+        clamped = corpus.frame_std(mel).numpy()
+        normalised = per_utterance.frame_std(mel, per_utterance.reference(mel)).numpy()
+        np.testing.assert_allclose(clamped, _numpy_std(mel, e_min, e_max, 0.1, None), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(normalised, _numpy_std(mel, e_min, e_max, 0.1, e_ref), rtol=1e-5, atol=1e-6)
+        assert np.abs(clamped - own).mean() > 0.1
+        assert np.abs(normalised - own).mean() < 0.02
+    with pytest.raises(ValueError, match="needs each utterance's reference energy"):
+        per_utterance.frame_std(mel_of(1.0))
+    with pytest.raises(ValueError, match="takes no reference"):
+        corpus.frame_std(mel_of(1.0), torch.tensor(1.0))
+
+
+def test_crops_carry_their_whole_utterances_reference_energy(tiny_features):
+    """Every crop of an utterance, training or validation, carries e_ref of the whole utterance (numpy here);
+    crops of a corpus-normalised prior carry none."""
+    config = load_config("tiny", [*PRIORGRAD, "diffusion.prior_normalization=utterance", "data.crop_frames=4"])
+    train_crops = crops_for_training(tiny_features, config)
+    valid_crops = crops_for_validation(tiny_features, config)
+    for crops in (train_crops, valid_crops):
+        for index in range(min(2, len(crops))):
+            mel = np.load(crops.utterances[index].mel).astype(np.float64)
+            expected = np.quantile(np.sqrt(np.exp(mel).sum(0)), ENERGY_QUANTILE)
+            for epoch in (0, 1):
+                crops.set_epoch(epoch)
+                assert crops[index]["reference_energy"] == pytest.approx(expected, rel=1e-12)
+    assert "reference_energy" not in crops_for_training(tiny_features, load_config("tiny", PRIORGRAD))[0]
+    with pytest.raises(ConfigError, match="prior_normalization"):
+        load_config("tiny", [*PRIORGRAD, "diffusion.prior_normalization=loudest"])
+
+
+def test_a_per_utterance_run_trains_and_vocodes_its_windows_as_slices_of_the_utterance(tiny_features, tmp_path):
+    """A run with per-utterance normalisation stores it; its vocoder gives each window of a long mel the slice
+    of the whole utterance's S (e_ref from the whole mel), which differs from the corpus-normalised S."""
+    run = tmp_path / "run"
+    train(load_config("tiny", ["train.max_steps=2", "train.save_every=2", *QUIET, *PRIORGRAD,
+                               "diffusion.prior_normalization=utterance", "train.valid_every=2"]),
+          tiny_features, run, device="cpu")
+    vocoder = Vocoder.from_checkpoint(run / "checkpoints" / "step_00000002.pt", device="cpu")
+    assert vocoder.prior.per_utterance
+    mel = _mel(vocoder, 1.0) - 3.0  # about 26 dB below the corpus tone
+    whole = vocoder._prior_std(vocoder.prior, [mel], [(0, mel.shape[-1])], mel.shape[-1] * 64)
+    for start, stop in ((0, 40), (88, 125)):
+        window = vocoder._prior_std(vocoder.prior, [mel], [(start, stop)], (stop - start) * 64)
+        assert torch.equal(window[0], whole[0, start * 64:stop * 64])
+    corpus = dataclasses.replace(vocoder.prior, per_utterance=False)
+    assert (whole[0] - corpus.std(mel)).abs().max() > 0.1
+    assert torch.isfinite(vocoder.vocode(mel, generator=torch.Generator().manual_seed(0))).all()
+
+
 # --- config -------------------------------------------------------------------------------------------
 def test_config_choices_and_refusals():
     assert load_config("base").diffusion.prior == "standard"
@@ -149,8 +234,11 @@ def test_training_noise_is_shaped_by_the_prior_and_the_loss_weighted(tiny_featur
 class _UnitPrior:
     """A prior of ones: the priorgrad code path with S = 1, which must be the standard one bit for bit."""
 
-    def std(self, mel: torch.Tensor) -> torch.Tensor:
+    def std(self, mel: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         return torch.ones(*mel.shape[:-2], mel.shape[-1] * 64)
+
+    def reference(self, mel: torch.Tensor) -> None:
+        return None
 
 
 def test_standard_training_equals_the_prior_path_with_unit_std_bit_for_bit(tiny_features, tmp_path):

@@ -16,8 +16,16 @@ and the network has less to learn. S is made per mel frame and then per sample:
    wider than the standard one.
 4. S of frame f is held over its hop, samples [f * hop, (f + 1) * hop), as the reference does.
 
-Each frame's S depends only on that frame, so a window of a long mel gets exactly the slice of the whole
-utterance's S, and chunked synthesis still equals unchunked.
+Corpus statistics clamp a voice louder or quieter than the corpus: a quiet one gets the floor nearly
+everywhere, a loud one 1, and its envelope is lost. `diffusion.prior_normalization: utterance` first brings
+each utterance to the corpus's loudness: its energies are scaled by e_max / e_ref, where e_ref is the same
+quantile of the whole utterance's own frame energies (`reference_energy`). A gain g on the audio scales
+every energy by sqrt(g) (above the mel's floor), so S no longer depends on the input level. A silent
+utterance is scaled up to S = 1 everywhere: the standard prior.
+
+Each frame's S depends only on that frame (and, per utterance, on e_ref of the whole utterance, passed in),
+so a window of a long mel gets exactly the slice of the whole utterance's S, and chunked synthesis still
+equals unchunked.
 """
 
 from __future__ import annotations
@@ -67,6 +75,20 @@ def corpus_energy_range(mels: Iterable[Tensor | np.ndarray], config: AudioConfig
     return low, high
 
 
+def reference_energy(mel: Tensor | np.ndarray, config: AudioConfig) -> float:
+    """e_ref of one whole utterance's mel [n_mels, frames]: its frames' ENERGY_QUANTILE energy quantile, in
+    float64 (the loudness that per-utterance normalisation maps to the corpus's e_max)."""
+    energies = frame_energy(torch.as_tensor(np.asarray(mel, dtype=np.float64)), config)
+    if energies.numel() == 0:
+        raise ValueError("a mel with no frames has no reference energy")
+    return float(torch.quantile(energies, ENERGY_QUANTILE))
+
+
+def needs_reference_energy(config: Config) -> bool:
+    """Whether `config`'s prior reads each utterance's e_ref (per-utterance normalisation)."""
+    return config.diffusion.prior == "priorgrad" and config.diffusion.prior_normalization == "utterance"
+
+
 def with_corpus_statistics(config: Config, mels: Iterable[Tensor | np.ndarray]) -> Config:
     """`config` with the priorgrad statistics of the training mels filled in; unchanged (and `mels` never
     read) for the standard prior or when they are already set (a resumed run keeps its own)."""
@@ -80,12 +102,14 @@ def with_corpus_statistics(config: Config, mels: Iterable[Tensor | np.ndarray]) 
 
 @dataclass(frozen=True)
 class EnergyPrior:
-    """PriorGrad's S for mels of one audio config, normalised with one corpus's energy range."""
+    """PriorGrad's S for mels of one audio config, normalised with one corpus's energy range, and per
+    utterance to the corpus's loudness when `per_utterance`."""
 
     audio: AudioConfig
     energy_min: float
     energy_max: float
     floor: float
+    per_utterance: bool = False
 
     @classmethod
     def from_config(cls, config: Config) -> EnergyPrior | None:
@@ -96,13 +120,27 @@ class EnergyPrior:
         if diffusion.prior_energy_min is None or diffusion.prior_energy_max is None:
             raise ConfigError("diffusion.prior is 'priorgrad', but diffusion.prior_energy_min/max (the training "
                               "corpus's frame-energy statistics, set when training starts) are missing")
-        return cls(config.audio, diffusion.prior_energy_min, diffusion.prior_energy_max, diffusion.prior_floor)
+        return cls(config.audio, diffusion.prior_energy_min, diffusion.prior_energy_max, diffusion.prior_floor,
+                   needs_reference_energy(config))
 
-    def frame_std(self, mel: Tensor) -> Tensor:
-        """[..., n_mels, frames] -> S per frame [..., frames], in [floor, 1]."""
+    def reference(self, mel: Tensor) -> Tensor | None:
+        """e_ref of a whole utterance's mel [n_mels, frames] as a 0-d tensor, or None when this prior does not
+        normalise per utterance."""
+        return torch.tensor(reference_energy(mel.detach().cpu(), self.audio)) if self.per_utterance else None
+
+    def frame_std(self, mel: Tensor, reference: Tensor | None = None) -> Tensor:
+        """[..., n_mels, frames] -> S per frame [..., frames], in [floor, 1]. `reference` ([...]: e_ref of the
+        whole utterance each mel was cut from) is required per utterance and refused otherwise."""
+        if (reference is None) == self.per_utterance:
+            raise ValueError("this prior normalises per utterance and needs each utterance's reference energy"
+                             if self.per_utterance else "a corpus-normalised prior takes no reference energy")
         energy = frame_energy(mel.float(), self.audio)
+        if reference is not None:
+            tiny = torch.finfo(torch.float32).tiny  # a log-mel's energy is positive: this only guards bad input
+            gain = self.energy_max / reference.to(energy.device, torch.float64).clamp(min=tiny)
+            energy = energy * gain.float().unsqueeze(-1)
         return ((energy - self.energy_min) / (self.energy_max - self.energy_min)).clamp(self.floor, 1.0)
 
-    def std(self, mel: Tensor) -> Tensor:
+    def std(self, mel: Tensor, reference: Tensor | None = None) -> Tensor:
         """[..., n_mels, frames] -> S per audio sample [..., frames * hop], each frame's S held over its hop."""
-        return self.frame_std(mel).repeat_interleave(self.audio.hop_length, dim=-1)
+        return self.frame_std(mel, reference).repeat_interleave(self.audio.hop_length, dim=-1)

@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from diffwave.audio import LogMel, min_samples, num_frames
+from diffwave.audio.prior import needs_reference_energy, reference_energy
 from diffwave.config import AudioConfig, Config
 from diffwave.data.manifest import Utterance, read_manifest
 from diffwave.errors import DataError
@@ -100,11 +102,12 @@ class _Crops(Dataset[Item], ABC):
     """One crop per utterance; subclasses choose where it starts (`_start`).
 
     With `config`, crops also carry the aligned mel and start on frame boundaries; `crop_samples` is
-    then a whole number of frames.
+    then a whole number of frames. With `with_reference_energy` they also carry "reference_energy", the
+    whole utterance's e_ref (audio/prior.py), which a per-utterance prior needs and a crop cannot give.
     """
 
     def __init__(self, utterances: Sequence[Utterance], crop_samples: int, config: AudioConfig | None,
-                 target_rms: float | None = None) -> None:
+                 target_rms: float | None = None, with_reference_energy: bool = False) -> None:
         if crop_samples <= 0:
             raise ValueError(f"crop_samples must be positive, got {crop_samples}")
         if config is not None and crop_samples % config.hop_length:
@@ -117,6 +120,10 @@ class _Crops(Dataset[Item], ABC):
             raise ValueError("target_rms needs audio-only crops (a mel would no longer match) and must be positive")
         self.target_rms = target_rms
         self._utterance_rms: dict[int, float] = {}
+        if with_reference_energy and config is None:
+            raise ValueError("with_reference_energy needs crops with a mel")
+        self.with_reference_energy = with_reference_energy
+        self._reference_energy: dict[int, float] = {}
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -169,6 +176,10 @@ class _Crops(Dataset[Item], ABC):
         item = _crop(utterance, self._start(index) * self._unit(), self.crop_samples, self.mel_format)
         if self.target_rms is not None:
             item["audio"].mul_(self._gain(index))
+        if self.with_reference_energy:
+            if index not in self._reference_energy:
+                self._reference_energy[index] = reference_energy(_open(utterance.mel, "mel"), self.config)
+            item["reference_energy"] = self._reference_energy[index]
         return item
 
 
@@ -176,10 +187,10 @@ class _RandomCrops(_Crops):
     """Training crops at a random start drawn from numpy.random.default_rng([seed, epoch, index])."""
 
     def __init__(self, utterances: Sequence[Utterance], crop_samples: int, config: AudioConfig | None,
-                 seed: int, target_rms: float | None = None) -> None:
+                 seed: int, target_rms: float | None = None, with_reference_energy: bool = False) -> None:
         if seed < 0:
             raise ValueError(f"seed must be >= 0 (numpy seeds are non-negative), got {seed}")
-        super().__init__(utterances, crop_samples, config, target_rms)
+        super().__init__(utterances, crop_samples, config, target_rms, with_reference_energy)
         self.seed = seed
 
     def _start(self, index: int) -> int:
@@ -193,13 +204,15 @@ class ConditionalCrops(_RandomCrops):
     """Random (audio, mel) crops of `crop_frames` frames for the mel-conditioned vocoder.
 
     Items: {"audio": float32 [crop_frames * hop], "mel": float32 [n_mels, crop_frames], "id": str,
-    "length": real audio samples in the crop}.
+    "length": real audio samples in the crop} (and "reference_energy" with `with_reference_energy`).
     """
 
-    def __init__(self, utterances: Sequence[Utterance], config: AudioConfig, crop_frames: int, seed: int) -> None:
+    def __init__(self, utterances: Sequence[Utterance], config: AudioConfig, crop_frames: int, seed: int,
+                 with_reference_energy: bool = False) -> None:
         if crop_frames <= 0:
             raise ValueError(f"crop_frames must be positive, got {crop_frames}")
-        super().__init__(utterances, crop_frames * config.hop_length, config, seed)
+        super().__init__(utterances, crop_frames * config.hop_length, config, seed,
+                         with_reference_energy=with_reference_energy)
 
 
 class UnconditionalCrops(_RandomCrops):
@@ -233,11 +246,16 @@ class ValidationCrops(_Crops):
     """
 
     def __init__(self, utterances: Sequence[Utterance], crop_samples: int, config: AudioConfig | None = None,
-                 target_rms: float | None = None) -> None:
-        super().__init__(utterances, crop_samples, config, target_rms)
+                 target_rms: float | None = None, with_reference_energy: bool = False) -> None:
+        super().__init__(utterances, crop_samples, config, target_rms, with_reference_energy)
 
     def _start(self, index: int) -> int:
         return max(0, self._last_start(self.utterances[index]) // 2)
+
+
+def reference_energies(batch: Item, device: torch.device | str) -> Tensor | None:
+    """A collated batch's per-utterance e_ref [batch] (float64), or None when its crops carry none."""
+    return batch["reference_energy"].to(device, torch.float64) if "reference_energy" in batch else None
 
 
 def _split(folder: Path | str, config: Config, split: str) -> list[Utterance]:
@@ -257,7 +275,8 @@ def crops_for_training(folder: Path | str, config: Config, split: str = "train",
     utterances = _split(folder, config, split)
     seed = config.train.seed if seed is None else seed
     if config.model.conditional:
-        return ConditionalCrops(utterances, config.audio, config.data.crop_frames, seed)
+        return ConditionalCrops(utterances, config.audio, config.data.crop_frames, seed,
+                                needs_reference_energy(config))
     return UnconditionalCrops(utterances, config.data.crop_samples, seed, config.data.target_rms,
                               config.data.level_jitter_db)
 
@@ -266,5 +285,6 @@ def crops_for_validation(folder: Path | str, config: Config, split: str = "valid
     """Fixed validation crops of a feature folder, the same size and kind as the training crops."""
     utterances = _split(folder, config, split)
     if config.model.conditional:
-        return ValidationCrops(utterances, config.data.crop_frames * config.audio.hop_length, config.audio)
+        return ValidationCrops(utterances, config.data.crop_frames * config.audio.hop_length, config.audio,
+                               with_reference_energy=needs_reference_energy(config))
     return ValidationCrops(utterances, config.data.crop_samples, target_rms=config.data.target_rms)

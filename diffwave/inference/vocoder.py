@@ -334,7 +334,7 @@ class Vocoder:
             return None
         std = torch.ones(len(mels), width, device=self.device)
         for row, (mel, (start, stop)) in enumerate(zip(mels, spans, strict=True)):
-            window = prior.std(mel[:, start:stop])
+            window = prior.std(mel[:, start:stop], prior.reference(mel))
             std[row, :window.numel()] = window
         return std
 

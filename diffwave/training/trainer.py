@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from diffwave.audio.prior import EnergyPrior
 from diffwave.checkpoints import FORMAT_VERSION, capture_rng_state, restore_rng_state, save_checkpoint
 from diffwave.config import Config, config_to_dict, trained_steps
-from diffwave.data.dataset import crops_for_training
+from diffwave.data.dataset import crops_for_training, reference_energies
 from diffwave.diffusion import NoiseSchedule
 from diffwave.errors import DataError, TrainingError
 from diffwave.model import DiffWave
@@ -205,7 +205,7 @@ class Trainer:
             audio = batch["audio"].to(self.device, non_blocking=True)
             mel = batch["mel"].to(self.device, non_blocking=True) if "mel" in batch else None
             t, noise = self._draws(batch["id"], audio.shape[1:])
-            std = None if self.prior is None else self.prior.std(mel)
+            std = None if self.prior is None else self.prior.std(mel, reference_energies(batch, self.device))
         with record_function("train/forward"):
             losses = self.objective.losses(self.estimator, audio, mel, t, noise, std, self._autocast)
         loss = losses.mean()

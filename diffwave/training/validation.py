@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from diffwave.audio import LogMel
 from diffwave.audio.prior import EnergyPrior
 from diffwave.config import Config
-from diffwave.data.dataset import ValidationCrops, crops_for_validation
+from diffwave.data.dataset import ValidationCrops, crops_for_validation, reference_energies
 from diffwave.diffusion import ReversePlan, sample
 from diffwave.errors import DataError
 from diffwave.model import DiffWave
@@ -55,7 +55,7 @@ class Validation:
         t = torch.randint(0, self.steps_drawn, (audio.shape[0],), generator=generator, device=self.device)
         noise = torch.randn(audio.shape, generator=generator, device=self.device)
         mel = self._mel(batch)
-        std = None if prior is None else prior.std(mel)
+        std = None if prior is None else prior.std(mel, reference_energies(batch, self.device))
         return objective.losses(network_call(model.eval()), audio, mel, t, noise, std, autocast).mean().item()
 
     @torch.no_grad()
@@ -72,7 +72,8 @@ class Validation:
         cond = None if mel is None else model.condition(mel)
         audio = sample(plan, lambda x, t: model(x, t, cond), tuple(batch["audio"].shape),
                        generator=torch.Generator(self.device).manual_seed(VALIDATION_SEED), device=self.device,
-                       clip=True, prior_std=None if prior is None else prior.std(mel))
+                       clip=True,
+                       prior_std=None if prior is None else prior.std(mel, reference_energies(batch, self.device)))
         rate = self.config.audio.sample_rate
         for i in range(count):
             monitor.audio(step, f"sample/{i}/generated", audio[i].cpu(), rate)
