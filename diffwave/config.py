@@ -73,15 +73,16 @@ class AudioConfig:
                               f"(sample_rate / 2), got f_min={self.f_min:g}, f_max={f_max:g}")
 
 
-# What a network's output means: a noise estimate (a diffusion model), or an x_0 map through the consistency
+# What a network's output means: a noise estimate (a diffusion model), the velocity v = sqrt(abar) eps -
+# sqrt(1 - abar) x_0 (Salimans & Ho 2022; defined at zero SNR too), or an x_0 map through the consistency
 # parameterisation (a student of `diffwave distill`, diffusion/consistency.py).
-PREDICTIONS = ("epsilon", "consistency")
+PREDICTIONS = ("epsilon", "v", "consistency")
 
 
 @dataclass
 class ModelConfig:
     """The network's size; `conditional: false` drops the mel conditioner (unconditional model). `prediction`
-    is what its output means, a property of the weights: epsilon, or consistency (sampled only with the
+    is what its output means, a property of the weights: epsilon, v, or consistency (sampled only with the
     consistency sampler)."""
 
     conditional: bool = True
@@ -94,6 +95,12 @@ class ModelConfig:
         _check_choice("model", "prediction", self.prediction, PREDICTIONS)
         _check_positive("model", residual_channels=self.residual_channels,
                         residual_layers=self.residual_layers, dilation_cycle=self.dilation_cycle)
+
+    @property
+    def output(self) -> str:
+        """What the sampling loop reads the output as (diffusion/sampling.py OUTPUTS): a consistency student's
+        output is in the units of its teacher's noise."""
+        return "v" if self.prediction == "v" else "epsilon"
 
 
 @dataclass
@@ -109,6 +116,7 @@ class DiffusionConfig:
     num_steps: int = 50
     beta_start: float = 1e-4
     beta_end: float = 0.05
+    zero_terminal_snr: bool = False  # rescale the schedule so its last state is pure noise (needs prediction v)
     fast_schedule: list[float] = field(default_factory=lambda: list(FAST_SCHEDULES["base"]))
     loss: str = "l2"
     prior: str = "standard"
@@ -153,9 +161,11 @@ class DiffusionConfig:
         if self.schedule == "linear" and not 0 < self.beta_start <= self.beta_end < 1:
             raise ConfigError("diffusion.beta_start/beta_end must satisfy 0 < beta_start <= beta_end < 1, "
                               f"got {self.beta_start:g} and {self.beta_end:g}")
-        if not self.fast_schedule or not all(0 < b < 1 for b in self.fast_schedule):
-            raise ConfigError(f"diffusion.fast_schedule must be a non-empty list of betas in (0, 1), "
-                              f"got {list(self.fast_schedule)}")
+        last = 1 if self.zero_terminal_snr else math.nextafter(1, 0)  # only a zero-SNR schedule reaches noise
+        if not self.fast_schedule or not all(0 < b < 1 for b in self.fast_schedule[:-1]) \
+                or not 0 < self.fast_schedule[-1] <= last:
+            raise ConfigError(f"diffusion.fast_schedule must be a non-empty list of betas in (0, 1) (the last may be 1 "
+                              f"with diffusion.zero_terminal_snr), got {list(self.fast_schedule)}")
 
 
 @dataclass
@@ -263,6 +273,9 @@ class Config:
         if self.data.target_rms is not None and self.model.conditional:
             raise ConfigError("data.target_rms rescales the audio but not its mel; it is for unconditional models "
                               "(model.conditional: false)")
+        if self.diffusion.zero_terminal_snr and self.model.prediction != "v":
+            raise ConfigError("diffusion.zero_terminal_snr ends the schedule at pure noise, where a noise estimate "
+                              "says nothing about the data; it needs model.prediction=v")
         if self.diffusion.prior == "priorgrad" and not self.model.conditional:
             raise ConfigError("diffusion.prior is 'priorgrad', but the model is unconditional (model.conditional: "
                               "false): PriorGrad's prior comes from the mel; use diffusion.prior=standard")

@@ -33,10 +33,16 @@ def test_cosine_schedule_follows_squared_cosine():
     assert (schedule.betas[1:] >= schedule.betas[:-1]).all()
 
 
-@pytest.mark.parametrize("betas", [[0.0, 0.1], [0.1, 1.0], [0.1, -0.2], [float("nan")], [float("inf")], []])
+@pytest.mark.parametrize("betas", [[0.0, 0.1], [1.0, 0.1], [0.1, 1.5], [0.1, -0.2], [float("nan")], [float("inf")],
+                                   []])
 def test_invalid_betas_are_refused(betas):
     with pytest.raises(ScheduleError, match=r"beta|empty"):
         NoiseSchedule(torch.tensor(betas, dtype=torch.float64))
+
+
+def test_only_the_last_beta_may_reach_one():
+    """A last beta of 1 is a zero-terminal-SNR schedule: its last state is pure noise."""
+    assert NoiseSchedule(torch.tensor([0.1, 1.0], dtype=torch.float64)).alpha_bars[-1].item() == 0.0
 
 
 def test_from_config_builds_the_named_schedule():

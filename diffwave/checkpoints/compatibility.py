@@ -11,6 +11,7 @@ from diffwave.errors import CheckpointError
 # Config fields that change tensor shapes or what the weights mean: a resume must match them exactly.
 _WEIGHT_SECTIONS = ("audio.", "model.")
 _WEIGHT_FIELDS = {"diffusion.num_steps", "diffusion.schedule", "diffusion.beta_start", "diffusion.beta_end",
+                  "diffusion.zero_terminal_snr",
                   "diffusion.prior", "diffusion.prior_floor"}  # the prior changes what the network predicts
 _ABSENT = "<absent>"
 

@@ -7,6 +7,9 @@ With a data-dependent prior N(0, Sigma), Sigma = diag(S^2) (PriorGrad; `prior_st
 data), the forward noise is S eps and the network predicts it as drawn; the loss is the Mahalanobis norm
 ||S^-1 (eps_hat - S eps)||^2 (the likelihood weighting of the paper), and every Gaussian of the bound has
 its covariance multiplied by Sigma. `prior_std=None` is the standard prior, computed exactly as before.
+
+`output="v"`: the network predicts v = sqrt(abar) n - sqrt(1 - abar) x_0 (n the noise as drawn) and the loss
+regresses v with the same S^-1 weighting; the bound reads x_0 off v (diffusion/parameterization.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from torch import Tensor
 
 from diffwave.diffusion.noise_schedule import NoiseSchedule
+from diffwave.diffusion.parameterization import check_output, velocity, x0_from_velocity
 from diffwave.diffusion.sampling import EpsFn, ancestral_mean
 
 LOSS_KINDS = ("l2", "l1")
@@ -40,11 +44,14 @@ def epsilon_loss(eps_hat: Tensor, eps: Tensor, kind: str = "l2", prior_std: Tens
 
 def diffusion_loss(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *, kind: str = "l2",
                    generator: torch.Generator | None = None, prior_std: Tensor | None = None,
-                   steps: Tensor | None = None, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                   steps: Tensor | None = None, noise: Tensor | None = None, output: str = "epsilon"
+                   ) -> tuple[Tensor, Tensor]:
     """L_simple with one uniformly drawn step per example; returns (per-example loss, the steps drawn).
 
     With `prior_std` S the noise is S eps and the loss is weighted by S^-2 (see the module doc). `steps` and
-    standard `noise` given are used instead of drawing them (the trainer draws them per example)."""
+    standard `noise` given are used instead of drawing them (the trainer draws them per example). The
+    target is the noise, or v with `output="v"`."""
+    check_output(output)
     t = steps if steps is not None else torch.randint(0, schedule.num_steps, (x0.shape[0],), generator=generator,
                                                       device=x0.device)
     if noise is None:
@@ -52,7 +59,8 @@ def diffusion_loss(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *, kind: 
     if prior_std is not None:
         noise = noise * prior_std
     x_t = schedule.q_sample(x0, t, noise)
-    return epsilon_loss(eps_fn(x_t, t.float()), noise, kind, prior_std), t
+    target = noise if output == "epsilon" else velocity(x0, noise, schedule.alpha_bar_at(t, x0))
+    return epsilon_loss(eps_fn(x_t, t.float()), target, kind, prior_std), t
 
 
 def gaussian_kl(mean1: Tensor, var1: Tensor | float, mean2: Tensor, var2: Tensor | float) -> Tensor:
@@ -105,13 +113,15 @@ def reverse_variances(schedule: NoiseSchedule, variance: str | Tensor) -> Tensor
 @torch.no_grad()
 def variational_bound(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *,
                       variance: str | Tensor = "beta_tilde", generator: torch.Generator | None = None,
-                      prior_std: Tensor | None = None) -> VariationalBound:
+                      prior_std: Tensor | None = None, output: str = "epsilon") -> VariationalBound:
     """Monte Carlo estimate (one x_t per term) of the negative ELBO of x0 under the model's reverse chain.
 
     The reverse variances come from `reverse_variances`; the decoder p(x_0 | state 0) is Gaussian around
     the model's mean. With `prior_std` S every variance (forward, posterior, reverse, decoder, prior) is
-    multiplied by S^2 elementwise, and eps_fn predicts the noise as drawn (S eps). T model calls per batch.
+    multiplied by S^2 elementwise, and eps_fn predicts the noise as drawn (S eps), or v with `output="v"`,
+    whose model mean is the posterior mean at x0_hat. T model calls per batch.
     """
+    check_output(output)
     sigma2 = reverse_variances(schedule, variance)
     batch = x0.shape[0]
     last = schedule.num_steps - 1
@@ -126,9 +136,10 @@ def variational_bound(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *,
         if prior_std is not None:
             noise = noise * prior_std.to(x0.dtype)
         x_t = schedule.q_sample(x0, steps, noise)
-        eps = eps_fn(x_t, steps.float()).to(x0.dtype)
-        mean = ancestral_mean(x_t, eps, schedule.alpha_bars[t].item(), schedule.alpha_bars_prev[t].item())
-        return x_t, mean
+        out = eps_fn(x_t, steps.float()).to(x0.dtype)
+        if output == "v":
+            return x_t, schedule.posterior(x0_from_velocity(x_t, out, schedule.alpha_bars[t].item()), x_t, steps)[0]
+        return x_t, ancestral_mean(x_t, out, schedule.alpha_bars[t].item(), schedule.alpha_bars_prev[t].item())
 
     kl = x0.new_zeros(batch, last)
     for t in range(1, last + 1):

@@ -17,16 +17,33 @@ from torch import Tensor
 from diffwave.errors import ScheduleError
 
 
-def validate_betas(betas: Tensor | Sequence[float], what: str = "betas") -> Tensor:
-    """Betas as a float64 1-D tensor, refused unless every value is finite and inside (0, 1)."""
+def validate_betas(betas: Tensor | Sequence[float], what: str = "betas", terminal_one: bool = False) -> Tensor:
+    """Betas as a float64 1-D tensor, refused unless every value is finite and inside (0, 1); with
+    `terminal_one` the last may be exactly 1 (a schedule that ends at pure noise)."""
     betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
     if betas.numel() == 0:
         raise ScheduleError(f"{what} is empty: a schedule needs at least one step")
-    bad = ~torch.isfinite(betas) | (betas <= 0) | (betas >= 1)
+    high = torch.ones_like(betas)
+    if terminal_one:
+        high[-1] = math.nextafter(1.0, 2.0)
+    bad = ~torch.isfinite(betas) | (betas <= 0) | (betas >= high)
     if bad.any():
         index = int(bad.nonzero()[0])
-        raise ScheduleError(f"{what}[{index}] = {betas[index].item():g}, but every beta must lie in (0, 1)")
+        raise ScheduleError(f"{what}[{index}] = {betas[index].item():g}, but every beta must lie in (0, 1)"
+                            + (" (the last in (0, 1])" if terminal_one else ""))
     return betas
+
+
+def rescale_to_zero_terminal_snr(betas: Tensor) -> Tensor:
+    """Lin et al. (2024, "Common diffusion noise schedules and sample steps are flawed", Algorithm 1): shift
+    sqrt(abar) so that its last value is 0 and scale it so that its first is unchanged; the last beta becomes 1,
+    so training's noisiest state is pure noise, as sampling from N(0, I) assumes."""
+    root = torch.cumprod(1 - validate_betas(betas, terminal_one=True), dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    alpha_bars = root.square()
+    alphas = torch.cat([alpha_bars[:1], alpha_bars[1:] / alpha_bars[:-1]])
+    return 1 - alphas
 
 
 def _gather(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
@@ -36,10 +53,11 @@ def _gather(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
 
 
 class NoiseSchedule:
-    """A training noise schedule beta[0..T-1] and the closed forms of the forward process it defines."""
+    """A training noise schedule beta[0..T-1] and the closed forms of the forward process it defines. Its last
+    beta may be 1 (zero terminal SNR): alpha_bar[T-1] = 0, where only an x0- or v-predicting model can act."""
 
     def __init__(self, betas: Tensor) -> None:
-        self.betas = validate_betas(betas)
+        self.betas = validate_betas(betas, terminal_one=True)
         self.alphas = 1.0 - self.betas
         self.alpha_bars = torch.cumprod(self.alphas, dim=0)
         self.alpha_bars_prev = torch.cat([self.alpha_bars.new_ones(1), self.alpha_bars[:-1]])
@@ -67,14 +85,24 @@ class NoiseSchedule:
 
     @classmethod
     def from_config(cls, diffusion_config) -> NoiseSchedule:
-        """Build from a `DiffusionConfig` (schedule name, num_steps, beta range)."""
+        """Build from a `DiffusionConfig` (schedule name, num_steps, beta range, zero_terminal_snr)."""
         if diffusion_config.schedule == "cosine":
-            return cls.cosine(diffusion_config.num_steps)
-        return cls.linear(diffusion_config.num_steps, diffusion_config.beta_start, diffusion_config.beta_end)
+            schedule = cls.cosine(diffusion_config.num_steps)
+        else:
+            schedule = cls.linear(diffusion_config.num_steps, diffusion_config.beta_start, diffusion_config.beta_end)
+        return cls(rescale_to_zero_terminal_snr(schedule.betas)) if diffusion_config.zero_terminal_snr else schedule
+
+    @property
+    def zero_terminal_snr(self) -> bool:
+        return self.alpha_bars[-1].item() == 0.0
+
+    def alpha_bar_at(self, t: Tensor, like: Tensor) -> Tensor:
+        """alpha_bar[t] per example, shaped to broadcast against `like` ([B, ...]), in its dtype and device."""
+        return _gather(self.alpha_bars, t, like)
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """Draw x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) with the given standard noise."""
-        abar = _gather(self.alpha_bars, t, x0)
+        abar = self.alpha_bar_at(t, x0)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
     def posterior(self, x0: Tensor, xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:

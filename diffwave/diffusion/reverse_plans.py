@@ -98,7 +98,7 @@ def fast_schedule(schedule: NoiseSchedule, inference_betas: Sequence[float] | Te
             raise ScheduleError(f"unknown fast schedule '{inference_betas}', expected one of "
                                 f"{', '.join(FAST_SCHEDULES)} or a list of betas")
         inference_betas = FAST_SCHEDULES[inference_betas]
-    etas = validate_betas(inference_betas, "fast schedule")
+    etas = validate_betas(inference_betas, "fast schedule", terminal_one=schedule.zero_terminal_snr)
     gammas = torch.cumprod(1 - etas, dim=0)
     gammas_prev = torch.cat([gammas.new_ones(1), gammas[:-1]])
     sigmas = ((1 - gammas_prev) / (1 - gammas) * etas).sqrt()

@@ -13,6 +13,10 @@ VP case): after a reverse step lands on a noisy state, K steps of Langevin dynam
 level pull x toward its marginal p(x_t). The score is read off the noise predictor,
 grad log p(x_t) = -E[eps | x_t] / sqrt(1 - abar), and each step is x <- x + e score + sqrt(2 e) z with the step
 e = 2 alpha (r ||z|| / ||score||)^2 set by the signal-to-noise ratio r (`langevin_step`).
+
+`output="v"`: eps_fn returns the velocity v instead of the noise (diffusion/parameterization.py). Each update
+is then written through x_0 = sqrt(abar) x - sqrt(1 - abar) v, which is defined at abar = 0, the first state
+of a zero-terminal-SNR chain, where the noise form divides by sqrt(alpha) = 0.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from diffwave.diffusion.parameterization import check_output, noise_from_velocity
 from diffwave.diffusion.reverse_plans import ReversePlan
 from diffwave.errors import ScheduleError
 
@@ -45,19 +50,41 @@ def ancestral_mean(x: Tensor, eps: Tensor, alpha_bar: float, alpha_bar_prev: flo
     return (x - (1 - alpha) / math.sqrt(1 - alpha_bar) * eps) / math.sqrt(alpha)
 
 
-def ddim_mean(x: Tensor, eps: Tensor, alpha_bar: float, alpha_bar_prev: float, sigma: float) -> Tensor:
-    """Song et al.'s step without its noise: sqrt(abar') x0_hat + sqrt(1 - abar' - sigma^2) eps."""
-    x0_hat = (x - math.sqrt(1 - alpha_bar) * eps) / math.sqrt(alpha_bar)
+def _ddim_direction(alpha_bar_prev: float, sigma: float) -> float:
+    """sqrt(1 - abar' - sigma^2), the weight of the noise direction in Song et al.'s step."""
     remaining = 1 - alpha_bar_prev - sigma**2
     # When sigma takes all of the next level's noise (consistency sampling), `remaining` is 0 up to rounding,
     # whose square root (about 1e-8) would still leak eps into the state.
-    direction = math.sqrt(remaining) if remaining > 1e-12 else 0.0
-    return math.sqrt(alpha_bar_prev) * x0_hat + direction * eps
+    return math.sqrt(remaining) if remaining > 1e-12 else 0.0
 
 
-def update_coefficients(plan: ReversePlan, i: int) -> tuple[float, float]:
-    """(a, b) with mean = a x + b eps for plan state i: both updates are linear in (x, eps), so they are read
-    off the formulas above, and the loop can update x in place instead of allocating new tensors every step."""
+def ddim_mean(x: Tensor, eps: Tensor, alpha_bar: float, alpha_bar_prev: float, sigma: float) -> Tensor:
+    """Song et al.'s step without its noise: sqrt(abar') x0_hat + sqrt(1 - abar' - sigma^2) eps."""
+    x0_hat = (x - math.sqrt(1 - alpha_bar) * eps) / math.sqrt(alpha_bar)
+    return math.sqrt(alpha_bar_prev) * x0_hat + _ddim_direction(alpha_bar_prev, sigma) * eps
+
+
+def _velocity_coefficients(plan: ReversePlan, i: int) -> tuple[float, float]:
+    """(a, b) with mean = a x + b v: each update as weights on (x0_hat, x) or (x0_hat, eps_hat), with
+    x0_hat = r x - q v and eps_hat = q x + r v (r = sqrt(abar), q = sqrt(1 - abar))."""
+    alpha_bar, alpha_bar_prev = plan.alpha_bars[i].item(), plan.alpha_bars_prev[i].item()
+    r, q = math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)
+    if plan.update == "ancestral":  # the posterior mean c0 x0_hat + cx x (noise_schedule.posterior_coef_*)
+        alpha = alpha_bar / alpha_bar_prev
+        c0 = math.sqrt(alpha_bar_prev) * (1 - alpha) / (1 - alpha_bar)
+        cx = math.sqrt(alpha) * (1 - alpha_bar_prev) / (1 - alpha_bar)
+        return c0 * r + cx, -c0 * q
+    signal, direction = math.sqrt(alpha_bar_prev), _ddim_direction(alpha_bar_prev, plan.sigmas[i].item())
+    return signal * r + direction * q, -signal * q + direction * r
+
+
+def update_coefficients(plan: ReversePlan, i: int, output: str = "epsilon") -> tuple[float, float]:
+    """(a, b) with mean = a x + b out for plan state i, `out` the network's output (`output`: epsilon or v):
+    both updates are linear in (x, out), so they are read off the formulas above, and the loop can update x
+    in place instead of allocating new tensors every step."""
+    check_output(output)
+    if output == "v":
+        return _velocity_coefficients(plan, i)
     alpha_bar, alpha_bar_prev = plan.alpha_bars[i].item(), plan.alpha_bars_prev[i].item()
     if plan.update == "ancestral":
         return (ancestral_mean(1.0, 0.0, alpha_bar, alpha_bar_prev),
@@ -69,10 +96,11 @@ def update_coefficients(plan: ReversePlan, i: int) -> tuple[float, float]:
 
 def reverse_step(plan: ReversePlan, i: int, x: Tensor, eps: Tensor,
                  generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None,
-                 prior_std: Tensor | None = None) -> Tensor:
-    """Move x from plan state i to the state before it, in place (x keeps its dtype whatever eps's); fresh
-    noise (times `prior_std`) only where sigma_i > 0. Returns x."""
-    scale_x, scale_eps = update_coefficients(plan, i)
+                 prior_std: Tensor | None = None, output: str = "epsilon") -> Tensor:
+    """Move x from plan state i to the state before it, in place (x keeps its dtype whatever eps's); `eps` is
+    the network's output, a noise estimate or v as `output` says; fresh noise (times `prior_std`) only where
+    sigma_i > 0. Returns x."""
+    scale_x, scale_eps = update_coefficients(plan, i, output)
     x.mul_(scale_x).add_(eps, alpha=scale_eps)
     sigma = plan.sigmas[i].item()
     if sigma > 0:
@@ -150,13 +178,15 @@ def langevin_step(x: Tensor, eps: Tensor, alpha_bar: float, alpha: float, snr: f
 
 def _correct(plan: ReversePlan, state: int, x: Tensor, eps_fn: EpsFn, t: Tensor, steps: int, snr: float,
              generator: torch.Generator | None, noise_fn: NoiseFn | None, prior_std: Tensor | None,
-             outside: Tensor | None) -> None:
+             outside: Tensor | None, output: str) -> None:
     """`steps` Langevin steps at plan state `state` (its alpha_bar, its alpha, its model step), in place."""
     alpha_bar = plan.alpha_bars[state].item()
     alpha = alpha_bar / plan.alpha_bars_prev[state].item()
     t.fill_(plan.model_steps[state].item())
     for step in range(steps):
         eps = eps_fn(x, t)
+        if output == "v":
+            eps = noise_from_velocity(x, eps.to(x.dtype), alpha_bar)
         noise = standard_noise(x.shape, corrector_draw(plan, state, step, steps), generator, noise_fn, x.device,
                                x.dtype)
         langevin_step(x, eps, alpha_bar, alpha, snr, noise, prior_std, outside)
@@ -177,7 +207,7 @@ def sample(plan: ReversePlan, eps_fn: EpsFn, shape: tuple[int, ...] | torch.Size
            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
            clip: bool = False, callback: StepCallback | None = None, noise_fn: NoiseFn | None = None,
            prior_std: Tensor | None = None, mask: Tensor | None = None, corrector_steps: int = 0,
-           corrector_snr: float = CORRECTOR_SNR) -> Tensor:
+           corrector_snr: float = CORRECTOR_SNR, output: str = "epsilon") -> Tensor:
     """Run the reverse chain of `plan` from x_T (default: noise of `shape` from the prior) down to the data.
 
     One tensor x holds the state and is updated in place at every step, in `dtype` (x_T's dtype when given)
@@ -195,8 +225,10 @@ def sample(plan: ReversePlan, eps_fn: EpsFn, shape: tuple[int, ...] | torch.Size
     `corrector_snr`; the default 0.16 is score_sde's), each costing one more eps_fn call. Its noise comes from
     the generator, or from noise_fn at the indices `corrector_draw` gives. K = 0 is the plain sampler, bit
     for bit. `callback` sees the corrected state.
+    `output` is what eps_fn returns: "epsilon" (the noise as drawn) or "v" (see the module doc).
     """
     check_corrector(corrector_steps, corrector_snr)
+    check_output(output)
     if corrector_steps:
         _check_states_chain(plan)
     if x_T is None:
@@ -214,12 +246,13 @@ def sample(plan: ReversePlan, eps_fn: EpsFn, shape: tuple[int, ...] | torch.Size
         x.masked_fill_(outside, 0.0)
     t = torch.empty(x.shape[0], device=x.device, dtype=torch.float32)
     for i in reversed(range(len(plan))):
-        reverse_step(plan, i, x, eps_fn(x, t.fill_(plan.model_steps[i].item())), generator, noise_fn, prior_std)
+        reverse_step(plan, i, x, eps_fn(x, t.fill_(plan.model_steps[i].item())), generator, noise_fn, prior_std,
+                     output)
         if outside is not None:
             x.masked_fill_(outside, 0.0)
         if corrector_steps and i > 0:
             _correct(plan, i - 1, x, eps_fn, t, corrector_steps, corrector_snr, generator, noise_fn, prior_std,
-                     outside)
+                     outside, output)
         if callback is not None:
             callback(i, x)
     return x.clamp_(-1.0, 1.0) if clip else x

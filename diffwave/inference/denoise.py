@@ -108,12 +108,12 @@ def choose_start_step(schedule: NoiseSchedule, noise_std: float) -> int:
 
 def denoise_normalised(y: Tensor, schedule: NoiseSchedule, eps_fn: EpsFn, t_start: int, *,
                        sdedit: bool = False, generator: torch.Generator | None = None,
-                       noise_fn: NoiseFn | None = None) -> Tensor:
+                       noise_fn: NoiseFn | None = None, output: str = "epsilon") -> Tensor:
     """The chain itself: y [B, N] (already at the model's rate and level) -> x0 [B, N], started at t_start.
 
     x_{t*} = sqrt(abar_{t*}) y, or with `sdedit` sqrt(abar_{t*}) y + sqrt(1 - abar_{t*}) z; then the full
     chain restricted to its first t* + 1 states. Computed in y's dtype and on y's device; noise from
-    `noise_fn` when given (z is its draw t* + 1), else from `generator`.
+    `noise_fn` when given (z is its draw t* + 1), else from `generator`. `output`: what eps_fn predicts.
     """
     plan = starting_at(full_chain(schedule), t_start)
     alpha_bar = schedule.alpha_bars[t_start].item()
@@ -123,7 +123,7 @@ def denoise_normalised(y: Tensor, schedule: NoiseSchedule, eps_fn: EpsFn, t_star
                                                                           device=y.device, dtype=y.dtype)
         x = x + math.sqrt(1 - alpha_bar) * z.to(y.device, y.dtype)
     return sample(plan, eps_fn, tuple(y.shape), generator=generator, x_T=x, device=y.device, dtype=y.dtype,
-                  noise_fn=noise_fn)
+                  noise_fn=noise_fn, output=output)
 
 
 def _positional_noise(source: PositionalNoise, offset: int, length: int, device: torch.device) -> NoiseFn:
@@ -160,7 +160,7 @@ def _model_and_config(model: DiffWave | str | os.PathLike[str] | None, config: C
     if model.conditional:
         raise DiffwaveError("denoising needs an unconditional model (model.conditional: false); "
                             "this one is conditioned on mels")
-    if config.model.prediction != "epsilon":
+    if config.model.prediction == "consistency":
         raise DiffwaveError("denoising runs the full reverse chain, which needs a diffusion model; this one is a "
                             "consistency student (diffwave distill)")
     return model, config
@@ -238,7 +238,7 @@ def denoise(audio: Tensor | np.ndarray, sample_rate: int, model: DiffWave | str 
                 schedule.num_steps, " (SDEdit)" if sdedit else "")
     with torch.inference_mode():
         out = _windowed_chain(y, model, schedule, config.audio.hop_length, layout, t_start, sdedit,
-                              PositionalNoise(draw_seed(generator)), dtype)
+                              PositionalNoise(draw_seed(generator)), dtype, config.model.output)
     out = out.clone() * (rms / target_rms)  # an ordinary tensor again: callers may edit it in place
     if sample_rate != model_rate:
         out = AF.resample(out, model_rate, sample_rate)
@@ -247,7 +247,8 @@ def denoise(audio: Tensor | np.ndarray, sample_rate: int, model: DiffWave | str 
 
 
 def _windowed_chain(y: Tensor, model: DiffWave, schedule: NoiseSchedule, hop: int, layout: ChunkLayout,
-                    t_start: int, sdedit: bool, noise: PositionalNoise, dtype: torch.dtype | str | None) -> Tensor:
+                    t_start: int, sdedit: bool, noise: PositionalNoise, dtype: torch.dtype | str | None,
+                    output: str) -> Tensor:
     """The truncated chain over y [N] window by window (windows in blocks of `hop` samples, cross-faded)."""
     device = next(model.parameters()).device
     precision = resolve_dtype(dtype, device, workload=LayerWorkload(model.residual_channels))
@@ -263,6 +264,7 @@ def _windowed_chain(y: Tensor, model: DiffWave, schedule: NoiseSchedule, hop: in
         (start, stop), = spans
         window = padded[start * hop:stop * hop]
         return denoise_normalised(window[None].to(device), schedule, eps_fn, t_start,
-                                  sdedit=sdedit, noise_fn=_positional_noise(noise, start * hop, window.numel(), device))
+                                  sdedit=sdedit, noise_fn=_positional_noise(noise, start * hop, window.numel(), device),
+                                  output=output)
 
     return overlap_add(layout, [frames], hop, run)[0][:y.numel()]

@@ -43,6 +43,7 @@ def generate(model: DiffWave, config: Config, count: int, seconds: float, option
         for start in range(0, count, batch_size):
             batch = min(batch_size, count - start)
             audio = sample(plan, eps_fn, (batch, length), generator=generator, device=device, clip=True,
-                           corrector_steps=resolved.corrector.steps, corrector_snr=resolved.corrector.snr)
+                           corrector_steps=resolved.corrector.steps, corrector_snr=resolved.corrector.snr,
+                           output=config.model.output)
             clips.extend(audio.float().cpu().clone())
     return clips

@@ -311,7 +311,7 @@ class Vocoder:
         x_start = None if starts is None else self._noised_start(plan, starts, lengths, offset, draw, prior_std)
         x = sample(plan, eps_fn, (len(spans), width), device=self.device, noise_fn=draw, x_T=x_start,
                    prior_std=prior_std, mask=mask, corrector_steps=sampling.corrector.steps,
-                   corrector_snr=sampling.corrector.snr)
+                   corrector_snr=sampling.corrector.snr, output=self._config.model.output)
         return x.cpu()
 
     def _noised_start(self, plan: ReversePlan, starts: list[Tensor], lengths: list[int], offset: int,

@@ -29,6 +29,9 @@ def student_config(teacher_config: Config, teacher_path: str | os.PathLike[str],
     if teacher_config.model.prediction == "consistency":
         raise TrainingError(f"{teacher_path} is already a consistency student; distil from the diffusion model it "
                             "came from")
+    if teacher_config.model.prediction == "v":
+        raise TrainingError(f"{teacher_path} predicts v; consistency distillation (diffusion/consistency.py) reads its "
+                            "teacher's output as a noise estimate, so it takes epsilon-prediction teachers only")
     config = with_overrides(teacher_config, overrides)
     try:
         check_compatible(config_to_dict(teacher_config), config, source=f"the teacher {teacher_path}")

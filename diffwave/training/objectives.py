@@ -20,6 +20,7 @@ from diffwave.audio import LogMel
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, ReversePlan, diffusion_loss, fast_schedule
 from diffwave.diffusion.consistency import distillation_loss
+from diffwave.diffusion.parameterization import x0_from_velocity
 from diffwave.diffusion.reverse_plans import CONSISTENCY_DEFAULT_STEPS, consistency
 from diffwave.errors import CheckpointError
 from diffwave.model import DiffWave
@@ -44,7 +45,7 @@ class DiffusionObjective:
 
     def attach(self, model: DiffWave, config: Config, schedule: NoiseSchedule) -> None:
         """Bind to the run's model (weights set), final config and schedule before the first step."""
-        self.schedule, self.kind = schedule, config.diffusion.loss
+        self.schedule, self.kind, self.output = schedule, config.diffusion.loss, config.model.output
         self.fast_schedule = config.diffusion.fast_schedule
         self.x0_weight, self.x0_max_step = config.diffusion.x0_mel_weight, config.diffusion.x0_max_step
         self.front_end = LogMel(config.audio).to(next(model.parameters()).device) if self.x0_weight else None
@@ -61,7 +62,8 @@ class DiffusionObjective:
                 seen["x_t"], seen["eps"] = x_t, network(x_t, steps, mel)
             return seen["eps"]
 
-        loss = diffusion_loss(eps, self.schedule, audio, kind=self.kind, prior_std=std, steps=t, noise=noise)[0]
+        loss = diffusion_loss(eps, self.schedule, audio, kind=self.kind, prior_std=std, steps=t, noise=noise,
+                              output=self.output)[0]
         if not self.x0_weight:
             return loss
         low_noise = (t <= self.x0_max_step).to(loss.dtype)
@@ -69,9 +71,13 @@ class DiffusionObjective:
 
     def x0_mel_distance(self, x_t: Tensor, eps_hat: Tensor, audio: Tensor, t: Tensor) -> Tensor:
         """Per-example mean |log-mel(x0_hat) - log-mel(audio)|, x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) /
-        sqrt(abar_t): the clean signal the network's estimate implies (under a prior eps_hat already carries S)."""
-        alpha_bar = self.schedule.alpha_bars.to(x_t.device)[t][:, None]
-        x0_hat = (x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt()
+        sqrt(abar_t) (or read off v): the clean signal the network's estimate implies (under a prior eps_hat
+        already carries S)."""
+        alpha_bar = self.schedule.alpha_bar_at(t, x_t)
+        if self.output == "v":
+            x0_hat = x0_from_velocity(x_t, eps_hat, alpha_bar)
+        else:
+            x0_hat = (x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt()
         return (self.front_end(x0_hat) - self.front_end(audio)).abs().mean(dim=(1, 2))
 
     def after_step(self, model: DiffWave) -> None:

@@ -72,6 +72,7 @@ class Validation:
         cond = None if mel is None else model.condition(mel)
         audio = sample(plan, lambda x, t: model(x, t, cond), tuple(batch["audio"].shape),
                        generator=torch.Generator(self.device).manual_seed(VALIDATION_SEED), device=self.device,
+                       output=self.config.model.output,
                        clip=True,
                        prior_std=None if prior is None else prior.std(mel, reference_energies(batch, self.device)))
         rate = self.config.audio.sample_rate
