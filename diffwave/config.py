@@ -25,7 +25,7 @@ from diffwave.precision import PRECISIONS
 
 MEL_PRESETS = ("hifigan", "lmnt")
 SCHEDULES = ("linear", "cosine")
-PRIORS = ("standard", "priorgrad")
+PRIORS = ("standard", "priorgrad", "specgrad")
 PRIOR_NORMALIZATIONS = ("corpus", "utterance")  # audio/prior.py: what sets a priorgrad S of 1
 # Where a vocoder's reverse chain starts (inference/options.py says what each one is): pure noise, a Griffin-Lim
 # estimate of the mel, or that estimate rescaled toward the mel's envelope (audio/griffin_lim.rescale_to_mel).
@@ -107,7 +107,8 @@ class ModelConfig:
 class DiffusionConfig:
     """Training noise schedule (T steps), the fast reverse schedule for inference, the loss, and the prior.
 
-    `prior: priorgrad` shapes the noise by the mel's frame energy (PriorGrad; see audio/prior.py); its
+    `prior: priorgrad` shapes the noise by the mel's frame energy (PriorGrad; see audio/prior.py), `specgrad`
+    by its spectral envelope too (SpecGrad); its
     normalisation uses the training corpus's frame-energy range, which training fills in and checkpoints carry,
     and with `prior_normalization: utterance` each utterance's own loudness too.
     """
@@ -276,9 +277,9 @@ class Config:
         if self.diffusion.zero_terminal_snr and self.model.prediction != "v":
             raise ConfigError("diffusion.zero_terminal_snr ends the schedule at pure noise, where a noise estimate "
                               "says nothing about the data; it needs model.prediction=v")
-        if self.diffusion.prior == "priorgrad" and not self.model.conditional:
-            raise ConfigError("diffusion.prior is 'priorgrad', but the model is unconditional (model.conditional: "
-                              "false): PriorGrad's prior comes from the mel; use diffusion.prior=standard")
+        if self.diffusion.prior != "standard" and not self.model.conditional:
+            raise ConfigError(f"diffusion.prior is '{self.diffusion.prior}', but the model is unconditional "
+                              "(model.conditional: false): that prior comes from the mel; use diffusion.prior=standard")
 
 
 def trained_steps(config: Config) -> int:

@@ -169,9 +169,9 @@ def test_a_per_utterance_run_trains_and_vocodes_its_windows_as_slices_of_the_utt
     vocoder = Vocoder.from_checkpoint(run / "checkpoints" / "step_00000002.pt", device="cpu")
     assert vocoder.prior.per_utterance
     mel = _mel(vocoder, 1.0) - 3.0  # about 26 dB below the corpus tone
-    whole = vocoder._prior_std(vocoder.prior, [mel], [(0, mel.shape[-1])], mel.shape[-1] * 64)
+    whole = vocoder._noise_prior(vocoder.prior, [mel], [(0, mel.shape[-1])], mel.shape[-1] * 64)
     for start, stop in ((0, 40), (88, 125)):
-        window = vocoder._prior_std(vocoder.prior, [mel], [(start, stop)], (stop - start) * 64)
+        window = vocoder._noise_prior(vocoder.prior, [mel], [(start, stop)], (stop - start) * 64)
         assert torch.equal(window[0], whole[0, start * 64:stop * 64])
     corpus = dataclasses.replace(vocoder.prior, per_utterance=False)
     assert (whole[0] - corpus.std(mel)).abs().max() > 0.1
@@ -239,6 +239,8 @@ class _UnitPrior:
 
     def reference(self, mel: torch.Tensor) -> None:
         return None
+
+    noise_prior = std
 
 
 def test_standard_training_equals_the_prior_path_with_unit_std_bit_for_bit(tiny_features, tmp_path):
@@ -334,9 +336,9 @@ def test_chunked_vocoding_under_the_prior_equals_unchunked(priorgrad_vocoder):
     assert vocoder.model.reach * len(vocoder.plan()) < 4 * vocoder.hop_length
     mel = _mel(vocoder, 1.0)  # 125 frames -> 4 windows of 32 frames
     with torch.inference_mode():
-        whole = vocoder._prior_std(vocoder.prior, [mel], [(0, mel.shape[-1])], mel.shape[-1] * 64)
+        whole = vocoder._noise_prior(vocoder.prior, [mel], [(0, mel.shape[-1])], mel.shape[-1] * 64)
         for start, stop in ((0, 40), (24, 72), (88, 125)):
-            window = vocoder._prior_std(vocoder.prior, [mel], [(start, stop)], (stop - start) * 64)
+            window = vocoder._noise_prior(vocoder.prior, [mel], [(start, stop)], (stop - start) * 64)
             assert torch.equal(window[0], whole[0, start * 64:stop * 64])
     unchunked = vocoder.vocode(mel, generator=torch.Generator().manual_seed(6), chunk_seconds=None)
     chunked = vocoder.vocode(mel, generator=torch.Generator().manual_seed(6), chunk_seconds=0.256,

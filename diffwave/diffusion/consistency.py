@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from diffwave.diffusion.noise_priors import NoisePrior, whiten
 from diffwave.diffusion.noise_schedule import NoiseSchedule
 
 # F(x, t): the network's output at training step t (a float tensor [batch]); the same contract as EpsFn.
@@ -64,7 +65,7 @@ def ode_step(x: Tensor, eps: Tensor, alpha_bar: Tensor, alpha_bar_next: Tensor) 
 
 def distillation_loss(student: NetworkFn, target: NetworkFn, teacher: NetworkFn, schedule: NoiseSchedule,
                       x0: Tensor, levels: Tensor, noise: Tensor, *, skip: int = 1,
-                      prior_std: Tensor | None = None) -> Tensor:
+                      prior_std: NoisePrior = None) -> Tensor:
     """Per-example consistency-distillation loss: || f_student(x_n, n) - f_target(x_m, m) ||^2 / S^2, averaged
     over samples, with x_n = sqrt(abar_n) x0 + sqrt(1 - abar_n) noise, m = max(n - skip, 0) and x_m the
     teacher's ODE step from x_n. `levels` holds n in 1..T per example; `noise` is the forward noise as drawn
@@ -86,6 +87,4 @@ def distillation_loss(student: NetworkFn, target: NetworkFn, teacher: NetworkFn,
         goal = consistency_output(x_m, target_output, a_m)  # equals x_m where m = 0: c_out vanishes there
     guess = consistency_output(x_n, student(x_n, (n - 1).float()).float(), a_n)
     error = guess - goal
-    if prior_std is not None:
-        error = error / prior_std.to(error.dtype)
-    return error.square().flatten(1).mean(dim=1)
+    return whiten(prior_std, error).square().flatten(1).mean(dim=1)

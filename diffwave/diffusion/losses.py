@@ -6,7 +6,9 @@ reduces a loss in half precision. The bound is reported per audio sample (per di
 With a data-dependent prior N(0, Sigma), Sigma = diag(S^2) (PriorGrad; `prior_std` = S, broadcasting to the
 data), the forward noise is S eps and the network predicts it as drawn; the loss is the Mahalanobis norm
 ||S^-1 (eps_hat - S eps)||^2 (the likelihood weighting of the paper), and every Gaussian of the bound has
-its covariance multiplied by Sigma. `prior_std=None` is the standard prior, computed exactly as before.
+its covariance multiplied by Sigma. `prior_std=None` is the standard prior, computed exactly as before. A
+`NoiseShaper` L (Sigma = L L^T, SpecGrad) shapes the noise as L eps and weights the loss by L^-1; the bound
+needs a diagonal Sigma.
 
 `output="v"`: the network predicts v = sqrt(abar) n - sqrt(1 - abar) x_0 (n the noise as drawn) and the loss
 regresses v with the same S^-1 weighting; the bound reads x_0 off v (diffusion/parameterization.py).
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from diffwave.diffusion.noise_priors import NoisePrior, shape_noise, whiten
 from diffwave.diffusion.noise_schedule import NoiseSchedule
 from diffwave.diffusion.parameterization import check_output, velocity, x0_from_velocity
 from diffwave.diffusion.sampling import EpsFn, ancestral_mean
@@ -31,19 +34,17 @@ def _per_example_mean(values: Tensor) -> Tensor:
     return values.flatten(1).mean(dim=1)
 
 
-def epsilon_loss(eps_hat: Tensor, eps: Tensor, kind: str = "l2", prior_std: Tensor | None = None) -> Tensor:
+def epsilon_loss(eps_hat: Tensor, eps: Tensor, kind: str = "l2", prior_std: NoisePrior = None) -> Tensor:
     """Per-example mean error between predicted and true noise: L2 (the paper) or L1 (the reference code);
-    with `prior_std` S the error is measured in units of S: (eps_hat - eps) / S."""
+    with `prior_std` S the error is measured in units of S: (eps_hat - eps) / S (L^-1 of it for a shaper)."""
     if kind not in LOSS_KINDS:
         raise ValueError(f"loss kind must be one of {LOSS_KINDS}, got '{kind}'")
-    error = eps_hat.float() - eps.float()
-    if prior_std is not None:
-        error = error / prior_std.float()
+    error = whiten(prior_std, eps_hat.float() - eps.float())
     return _per_example_mean(error.square() if kind == "l2" else error.abs())
 
 
 def diffusion_loss(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *, kind: str = "l2",
-                   generator: torch.Generator | None = None, prior_std: Tensor | None = None,
+                   generator: torch.Generator | None = None, prior_std: NoisePrior = None,
                    steps: Tensor | None = None, noise: Tensor | None = None, output: str = "epsilon"
                    ) -> tuple[Tensor, Tensor]:
     """L_simple with one uniformly drawn step per example; returns (per-example loss, the steps drawn).
@@ -56,8 +57,7 @@ def diffusion_loss(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *, kind: 
                                                       device=x0.device)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    if prior_std is not None:
-        noise = noise * prior_std
+    noise = shape_noise(prior_std, noise)
     x_t = schedule.q_sample(x0, t, noise)
     target = noise if output == "epsilon" else velocity(x0, noise, schedule.alpha_bar_at(t, x0))
     return epsilon_loss(eps_fn(x_t, t.float()), target, kind, prior_std), t
@@ -122,6 +122,8 @@ def variational_bound(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *,
     whose model mean is the posterior mean at x0_hat. T model calls per batch.
     """
     check_output(output)
+    if prior_std is not None and not isinstance(prior_std, Tensor):
+        raise ValueError("the variational bound needs a diagonal prior (None or a tensor of standard deviations)")
     sigma2 = reverse_variances(schedule, variance)
     batch = x0.shape[0]
     last = schedule.num_steps - 1

@@ -7,6 +7,8 @@ A data-dependent prior (PriorGrad, Lee et al. 2022) is a tensor S of standard de
 the sample's shape: the forward noise is S eps, so x_T ~ N(0, S^2) and the network predicts the noise as drawn,
 S eps. Dividing every state by S turns that chain into the standard one, so the update formulas stay as they
 are and only the fresh noise (x_T and each step's) is scaled by S. `prior_std=None` is the standard N(0, I).
+A `NoiseShaper` L (SpecGrad) stands in the same way for S: x_T = L z and each step's noise is L z
+(diffusion/noise_priors.py).
 
 Predictor-corrector sampling (Song et al. 2021, "Score-based generative modeling through SDEs", Algorithm 5,
 VP case): after a reverse step lands on a noisy state, K steps of Langevin dynamics at that state's noise
@@ -27,6 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from diffwave.diffusion.noise_priors import NoisePrior, shape_noise, whiten
 from diffwave.diffusion.parameterization import check_output, noise_from_velocity
 from diffwave.diffusion.reverse_plans import ReversePlan
 from diffwave.errors import ScheduleError
@@ -96,16 +99,16 @@ def update_coefficients(plan: ReversePlan, i: int, output: str = "epsilon") -> t
 
 def reverse_step(plan: ReversePlan, i: int, x: Tensor, eps: Tensor,
                  generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None,
-                 prior_std: Tensor | None = None, output: str = "epsilon") -> Tensor:
+                 prior_std: NoisePrior = None, output: str = "epsilon") -> Tensor:
     """Move x from plan state i to the state before it, in place (x keeps its dtype whatever eps's); `eps` is
-    the network's output, a noise estimate or v as `output` says; fresh noise (times `prior_std`) only where
+    the network's output, a noise estimate or v as `output` says; fresh noise (shaped by the prior) only where
     sigma_i > 0. Returns x."""
     scale_x, scale_eps = update_coefficients(plan, i, output)
     x.mul_(scale_x).add_(eps, alpha=scale_eps)
     sigma = plan.sigmas[i].item()
     if sigma > 0:
         noise = standard_noise(x.shape, i, generator, noise_fn, x.device, x.dtype)
-        x.add_(noise if prior_std is None else noise * prior_std, alpha=sigma)
+        x.add_(shape_noise(prior_std, noise), alpha=sigma)
     return x
 
 
@@ -120,8 +123,11 @@ def standard_noise(shape: tuple[int, ...] | torch.Size, i: int, generator: torch
     return noise.to(device, dtype)
 
 
-def checked_prior(prior_std: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
-    """The prior's standard deviations, refused unless finite, positive and broadcasting to `shape`."""
+def checked_prior(prior_std: NoisePrior, shape: tuple[int, ...] | torch.Size) -> NoisePrior:
+    """The prior's standard deviations, refused unless finite, positive and broadcasting to `shape` (a
+    `NoiseShaper` is its maker's to check)."""
+    if not isinstance(prior_std, Tensor):
+        return prior_std
     try:
         broadcast = torch.broadcast_shapes(tuple(prior_std.shape), tuple(shape))
     except RuntimeError:
@@ -155,7 +161,7 @@ def _row_norms(v: Tensor, outside: Tensor | None) -> Tensor:
 
 
 def langevin_step(x: Tensor, eps: Tensor, alpha_bar: float, alpha: float, snr: float, noise: Tensor,
-                  prior_std: Tensor | None = None, outside: Tensor | None = None) -> Tensor:
+                  prior_std: NoisePrior = None, outside: Tensor | None = None) -> Tensor:
     """One Langevin corrector step at a state of the given alpha_bar, in place: x <- x + e g + sqrt(2 e) S z.
 
     g = -eps / sqrt(1 - alpha_bar) is the score times S^2 (the score itself without a prior); `noise` is z,
@@ -166,18 +172,19 @@ def langevin_step(x: Tensor, eps: Tensor, alpha_bar: float, alpha: float, snr: f
     PriorGrad (S = `prior_std`): y = x / S is the standard chain, whose score is -(eps / S) / sqrt(1 - abar).
     Song's step on y, mapped back by x = S y, is the one above: the norm of the score is measured in the
     S-normalised coordinates and the noise is S z. In x it is Langevin preconditioned by S^2, which leaves
-    p(x_t) invariant for any fixed positive preconditioner. A row whose score vanishes is left as it is.
+    p(x_t) invariant for any fixed positive preconditioner. A row whose score vanishes is left as it is. A
+    `NoiseShaper` L takes S's place: the norm is measured after whitening and the noise is L z.
     """
     score = eps.to(x.dtype) * (-1.0 / math.sqrt(1 - alpha_bar))
-    score_norm = _row_norms(score if prior_std is None else score / prior_std, outside)
+    score_norm = _row_norms(whiten(prior_std, score), outside)
     ratio = snr * _row_norms(noise, outside) / score_norm.clamp(min=torch.finfo(score_norm.dtype).tiny)
     step = torch.where(score_norm > 0, 2 * alpha * ratio**2, torch.zeros_like(ratio))
     x.add_(step * score)
-    return x.add_(torch.sqrt(2 * step) * (noise if prior_std is None else noise * prior_std))
+    return x.add_(torch.sqrt(2 * step) * shape_noise(prior_std, noise))
 
 
 def _correct(plan: ReversePlan, state: int, x: Tensor, eps_fn: EpsFn, t: Tensor, steps: int, snr: float,
-             generator: torch.Generator | None, noise_fn: NoiseFn | None, prior_std: Tensor | None,
+             generator: torch.Generator | None, noise_fn: NoiseFn | None, prior_std: NoisePrior,
              outside: Tensor | None, output: str) -> None:
     """`steps` Langevin steps at plan state `state` (its alpha_bar, its alpha, its model step), in place."""
     alpha_bar = plan.alpha_bars[state].item()
@@ -206,7 +213,7 @@ def sample(plan: ReversePlan, eps_fn: EpsFn, shape: tuple[int, ...] | torch.Size
            generator: torch.Generator | None = None, x_T: Tensor | None = None,
            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
            clip: bool = False, callback: StepCallback | None = None, noise_fn: NoiseFn | None = None,
-           prior_std: Tensor | None = None, mask: Tensor | None = None, corrector_steps: int = 0,
+           prior_std: NoisePrior = None, mask: Tensor | None = None, corrector_steps: int = 0,
            corrector_snr: float = CORRECTOR_SNR, output: str = "epsilon") -> Tensor:
     """Run the reverse chain of `plan` from x_T (default: noise of `shape` from the prior) down to the data.
 
@@ -217,7 +224,7 @@ def sample(plan: ReversePlan, eps_fn: EpsFn, shape: tuple[int, ...] | torch.Size
     `clip` clamps the result to [-1, 1], as audio output wants; the exactness tests leave it off.
     `noise_fn` replaces the generator as the source of x_T and of every step's fresh (standard) noise.
     `prior_std` (broadcasting to `shape`) is PriorGrad's S: x_T ~ N(0, S^2) and each step's noise is scaled
-    by S; an x_T passed in is used as it is.
+    by S; or a `NoiseShaper` L: x_T = L z and each step's noise is L z. An x_T passed in is used as it is.
     `mask` (bool, broadcasting to `shape`, True on real samples) keeps x at zero elsewhere, from x_T on: the
     padding of a batch of different lengths (eps_fn masks the network itself).
     `corrector_steps` K > 0 makes it a predictor-corrector sampler: after every step that lands on a noisy
@@ -237,10 +244,10 @@ def sample(plan: ReversePlan, eps_fn: EpsFn, shape: tuple[int, ...] | torch.Size
         if tuple(x_T.shape) != tuple(shape):
             raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
         x = x_T.clone()
-    if prior_std is not None:
+    if isinstance(prior_std, Tensor):
         prior_std = checked_prior(prior_std, shape).to(x.device, x.dtype)
-        if x_T is None:
-            x.mul_(prior_std)
+    if prior_std is not None and x_T is None:
+        x = shape_noise(prior_std, x)
     outside = None if mask is None else ~mask.to(x.device).expand(x.shape)
     if outside is not None:
         x.masked_fill_(outside, 0.0)

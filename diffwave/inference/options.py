@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from diffwave.audio.prior import EnergyPrior
+from diffwave.audio.prior import MelPrior
 from diffwave.config import FINISHES, Config
 from diffwave.config import INITS as INIT_NAMES
 from diffwave.diffusion import NoiseSchedule, ReversePlan
@@ -79,19 +79,19 @@ class Corrector:
 @dataclass(frozen=True)
 class Sampling:
     """Options resolved against a model: the plan the one loop runs (with a Griffin-Lim start, only its last
-    start_step states), the corrector, the prior (PriorGrad's mel -> standard deviations; None: N(0, I)),
+    start_step states), the corrector, the prior (PriorGrad's or SpecGrad's, from the mel; None: N(0, I)),
     where the chain starts, what is done to its output, and the network's dtype."""
 
     plan: ReversePlan
     corrector: Corrector = Corrector()
-    prior: EnergyPrior | None = None
+    prior: MelPrior | None = None
     init: str = NOISE
     dtype: torch.dtype = torch.float32
     finish: str = NO_FINISH
 
 
 def resolve(options: SamplingOptions, config: Config, *, device: torch.device | None = None,
-            default_dtype: torch.dtype | None = None, prior: EnergyPrior | None = None,
+            default_dtype: torch.dtype | None = None, prior: MelPrior | None = None,
             error: type[DiffwaveError] = DiffwaveError) -> Sampling:
     """Check `options` against the model of `config` once, with the reason when they do not fit (unknown
     sampler, options that do not apply to it, a fast schedule outside the training range, corrector settings

@@ -31,10 +31,11 @@ from diffwave.audio import LogMel, as_mono
 from diffwave.audio.griffin_lim import GRIFFIN_LIM_ITERATIONS, griffin_lim, rescale_to_mel
 from diffwave.audio.io import is_channels_last
 from diffwave.audio.mel import check_mel_values
-from diffwave.audio.prior import EnergyPrior
+from diffwave.audio.prior import MelPrior, SpectralPrior, SpectralShaper, prior_from_config
 from diffwave.checkpoints import load_model
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, ReversePlan
+from diffwave.diffusion.noise_priors import NoisePrior, shape_noise
 from diffwave.diffusion.sampling import sample
 from diffwave.errors import VocodeError
 from diffwave.inference.chunking import (
@@ -81,7 +82,7 @@ class Vocoder:
         self.model = model.to(self.device).eval()
         self._config = config
         self.schedule = NoiseSchedule.from_config(config.diffusion)
-        self.prior = EnergyPrior.from_config(config)  # PriorGrad's noise scale from the mel; None: N(0, I)
+        self.prior = prior_from_config(config)  # PriorGrad's or SpecGrad's noise law from the mel; None: N(0, I)
         self.front_end = LogMel(config.audio).to(self.device)
         self._buffer = torch.empty(0)  # the conditioning of the current window (see _conditioning_buffer)
 
@@ -307,7 +308,7 @@ class Vocoder:
             with self._autocast(sampling.dtype):
                 return self.model(x, t, cond, mask)
 
-        prior_std = self._prior_std(sampling.prior, mels, spans, width)
+        prior_std = self._noise_prior(sampling.prior, mels, spans, width)
         x_start = None if starts is None else self._noised_start(plan, starts, lengths, offset, draw, prior_std)
         x = sample(plan, eps_fn, (len(spans), width), device=self.device, noise_fn=draw, x_T=x_start,
                    prior_std=prior_std, mask=mask, corrector_steps=sampling.corrector.steps,
@@ -315,7 +316,7 @@ class Vocoder:
         return x.cpu()
 
     def _noised_start(self, plan: ReversePlan, starts: list[Tensor], lengths: list[int], offset: int,
-                      draw: Callable[[int], Tensor], prior_std: Tensor | None) -> Tensor:
+                      draw: Callable[[int], Tensor], prior_std: NoisePrior) -> Tensor:
         """[n, width] x = sqrt(abar) x_GL + sqrt(1 - abar) S eps at the plan's first (noisiest) state: each row's
         window of its estimate, and the noise the chain would draw for x_T (index len(plan)); zero padding."""
         estimate = torch.zeros(len(lengths), max(lengths), device=self.device)
@@ -323,15 +324,24 @@ class Vocoder:
             estimate[row, :length] = start[offset:offset + length].to(self.device)
         alpha_bar = plan.alpha_bars[-1].item()
         noise = draw(len(plan))
-        return estimate.mul_(math.sqrt(alpha_bar)).add_(noise if prior_std is None else noise * prior_std,
-                                                        alpha=math.sqrt(1 - alpha_bar))
+        return estimate.mul_(math.sqrt(alpha_bar)).add_(shape_noise(prior_std, noise), alpha=math.sqrt(1 - alpha_bar))
 
-    def _prior_std(self, prior: EnergyPrior | None, mels: list[Tensor], spans: list[tuple[int, int]],
-                   width: int) -> Tensor | None:
-        """[n, width] standard deviations of `prior` for each window from its own mel frames (per frame, so a
-        window's equal the slice of the whole utterance's); 1 in the padding, which the mask hides."""
+    def _noise_prior(self, prior: MelPrior | None, mels: list[Tensor], spans: list[tuple[int, int]],
+                     width: int) -> NoisePrior:
+        """The noise law of each window from its own mel frames (and its whole utterance's reference energy).
+        PriorGrad: [n, width] standard deviations (per frame, so a window's equal the slice of the whole
+        utterance's), 1 in the padding, which the mask hides. SpecGrad: the windows' filters, the floor beyond
+        a shorter window; its STFT reaches a window of samples across a window's edges, which the overlap
+        of chunked synthesis cross-fades."""
         if prior is None:
             return None
+        if isinstance(prior, SpectralPrior):
+            gain = torch.full((len(mels), self.front_end.mel_basis.shape[1], width // self.hop_length),
+                              prior.energy.floor, device=self.device)
+            for row, (mel, (start, stop)) in enumerate(zip(mels, spans, strict=True)):
+                window = prior.gain(mel[:, start:stop], prior.reference(mel))
+                gain[row, :, :window.shape[-1]] = window
+            return SpectralShaper(gain, self.config.audio)
         std = torch.ones(len(mels), width, device=self.device)
         for row, (mel, (start, stop)) in enumerate(zip(mels, spans, strict=True)):
             window = prior.std(mel[:, start:stop], prior.reference(mel))

@@ -68,7 +68,7 @@ class RunStart:
 def _adopt_corpus_statistics(config: Config, saved_config: dict[str, Any]) -> Config:
     """A PriorGrad run keeps the corpus statistics its weights were trained with, whatever the data folder
     holds; taken before the configs are compared, so they are never reported as a changed setting."""
-    if config.diffusion.prior != "priorgrad" or saved_config["diffusion"]["prior"] != "priorgrad":
+    if config.diffusion.prior == "standard" or saved_config["diffusion"]["prior"] != config.diffusion.prior:
         return config  # a prior that differs is refused by check_compatible
     saved = {key: saved_config["diffusion"][key] for key in ("prior_energy_min", "prior_energy_max")}
     for key, value in saved.items():

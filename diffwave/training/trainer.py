@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
-from diffwave.audio.prior import EnergyPrior
+from diffwave.audio.prior import prior_from_config
 from diffwave.checkpoints import FORMAT_VERSION, capture_rng_state, restore_rng_state, save_checkpoint
 from diffwave.config import Config, config_to_dict, trained_steps
 from diffwave.data.dataset import crops_for_training, reference_energies
@@ -116,7 +116,7 @@ class Trainer:
         self.stop_request, self.stopping = StopRequest(), False  # fit() connects the request to SIGTERM/SIGINT
 
         self.dataset = crops_for_training(data_dir, config, "train", seed=train.seed)
-        self.prior = EnergyPrior.from_config(config)  # None: the standard N(0, I)
+        self.prior = prior_from_config(config)  # None: the standard N(0, I)
         self.sampler = ResumableSampler(self.dataset, context, seed=train.seed)
         self.local_batch = train.batch_size // context.world_size
         if len(self.sampler) < self.local_batch:
@@ -205,7 +205,7 @@ class Trainer:
             audio = batch["audio"].to(self.device, non_blocking=True)
             mel = batch["mel"].to(self.device, non_blocking=True) if "mel" in batch else None
             t, noise = self._draws(batch["id"], audio.shape[1:])
-            std = None if self.prior is None else self.prior.std(mel, reference_energies(batch, self.device))
+            std = None if self.prior is None else self.prior.noise_prior(mel, reference_energies(batch, self.device))
         with record_function("train/forward"):
             losses = self.objective.losses(self.estimator, audio, mel, t, noise, std, self._autocast)
         loss = losses.mean()

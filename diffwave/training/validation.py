@@ -11,10 +11,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from diffwave.audio import LogMel
-from diffwave.audio.prior import EnergyPrior
+from diffwave.audio.prior import MelPrior
 from diffwave.config import Config
 from diffwave.data.dataset import ValidationCrops, crops_for_validation, reference_energies
 from diffwave.diffusion import ReversePlan, sample
+from diffwave.diffusion.noise_priors import NoisePrior
 from diffwave.errors import DataError
 from diffwave.model import DiffWave
 from diffwave.training.monitor import Monitor
@@ -43,8 +44,11 @@ class Validation:
     def _mel(self, batch: dict[str, Tensor]) -> Tensor | None:
         return batch["mel"].to(self.device) if "mel" in batch else None
 
+    def _noise_prior(self, prior: MelPrior | None, batch: dict[str, Tensor], mel: Tensor | None) -> NoisePrior:
+        return None if prior is None else prior.noise_prior(mel, reference_energies(batch, self.device))
+
     @torch.no_grad()
-    def loss(self, objective: DiffusionObjective, model: DiffWave, prior: EnergyPrior | None,
+    def loss(self, objective: DiffusionObjective, model: DiffWave, prior: MelPrior | None,
              autocast: Autocast) -> float | None:
         """The objective's loss of `model` (the EMA, in eval mode) on fixed crops, fixed steps and fixed noise."""
         if not self.crops:
@@ -55,11 +59,11 @@ class Validation:
         t = torch.randint(0, self.steps_drawn, (audio.shape[0],), generator=generator, device=self.device)
         noise = torch.randn(audio.shape, generator=generator, device=self.device)
         mel = self._mel(batch)
-        std = None if prior is None else prior.std(mel, reference_energies(batch, self.device))
+        std = self._noise_prior(prior, batch, mel)
         return objective.losses(network_call(model.eval()), audio, mel, t, noise, std, autocast).mean().item()
 
     @torch.no_grad()
-    def samples(self, model: DiffWave, plan: ReversePlan, prior: EnergyPrior | None, monitor: Monitor,
+    def samples(self, model: DiffWave, plan: ReversePlan, prior: MelPrior | None, monitor: Monitor,
                 step: int) -> float | None:
         """Vocode a few validation crops with `model` (the EMA) and `plan`; log audio and mels, and return the
         log-mel L1 distance of the conditional samples to their references."""
@@ -72,9 +76,7 @@ class Validation:
         cond = None if mel is None else model.condition(mel)
         audio = sample(plan, lambda x, t: model(x, t, cond), tuple(batch["audio"].shape),
                        generator=torch.Generator(self.device).manual_seed(VALIDATION_SEED), device=self.device,
-                       output=self.config.model.output,
-                       clip=True,
-                       prior_std=None if prior is None else prior.std(mel, reference_energies(batch, self.device)))
+                       output=self.config.model.output, clip=True, prior_std=self._noise_prior(prior, batch, mel))
         rate = self.config.audio.sample_rate
         for i in range(count):
             monitor.audio(step, f"sample/{i}/generated", audio[i].cpu(), rate)
