@@ -2,11 +2,12 @@
 with the model's default start and with the fast schedule from noise (the network alone), beside Griffin-Lim 100
 and the network-free control Griffin-Lim + envelope (diffwave.evaluation.heldout).
 
-    python benchmarks/training_levers.py NAME=CHECKPOINT[@CPU_HOURS] ... [--seconds S] [--seed 0]
+    python benchmarks/training_levers.py NAME=CHECKPOINT[@CPU_HOURS] ... [--seconds S] [--seed 0] [--finish none]
 
 Give each lever's checkpoint (a training step_*.pt, its EMA weights, or a .safetensors) and the CPU-hours its
 training took, so that rows compare at an equal budget. Prints one Markdown table of means per set and the CPU it
-ran on. Every model is scored with the same clips and noise seeds.
+ran on. Every model is scored with the same clips and noise seeds, and with `--finish` with the same finish
+(by default each model's own, which differs between weights exported before and after the envelope finish).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import torch
 from griffin_lim_start import SETS
 
+from diffwave.config import FINISHES
 from diffwave.evaluation import heldout
 from diffwave.inference.vocoder import Vocoder
 from diffwave.precision import cpu_model
@@ -39,6 +41,7 @@ def main() -> None:
     parser.add_argument("levers", type=lever, nargs="+", metavar="NAME=CHECKPOINT[@CPU_HOURS]")
     parser.add_argument("--seconds", type=float, help="crop each clip to its first SECONDS (quick runs)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--finish", choices=FINISHES, help="finish every model's output so (default: its own)")
     args = parser.parse_args()
     rows: dict[tuple[str, str], dict[str, float]] = {}
     baselines: dict[tuple[str, str], dict[str, float]] = {}
@@ -51,6 +54,8 @@ def main() -> None:
                   f"default start ({default.init}, K={default.init_start_step})": {}}
         if default.init != "noise":
             starts[f"{len(vocoder.plan(init='noise'))} fast steps from noise"] = {"init": "noise"}
+        if args.finish is not None:
+            starts = {start: options | {"finish": args.finish} for start, options in starts.items()}
         for set_name, clips in sets.items():
             for position, (start, options) in enumerate(starts.items()):
                 with_baselines = index == 0 and position == 0  # the baselines invert the same mels for every model
@@ -62,7 +67,8 @@ def main() -> None:
         print(f"scored {name}", flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{heldout.describe_setup(vocoder, sets)}; CPU {cpu_model()}, {torch.get_num_threads()} threads, 1-minute "
-          f"load average at the end {load:.1f}")
+          f"load average at the end {load:.1f}" + (f"; every output finished '{args.finish}' (--finish)" if args.finish
+                                                   else ""))
     ordered = {key: value for set_name in SETS for key, value in (rows | baselines).items() if key[0] == set_name}
     print(heldout.rows_table(ordered, ("clips", "system")))
 
