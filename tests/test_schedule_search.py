@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from diffwave.checkpoints import load_model_weights
+from diffwave.checkpoints import export_safetensors, load_model_weights
 from diffwave.cli import main
 from diffwave.config import load_config
 from diffwave.diffusion import NoiseSchedule, fast_schedule
@@ -146,3 +146,8 @@ def test_tune_schedule_refuses_what_it_cannot_tune(tiny_checkpoint, tiny_feature
     code, text = run_cli(["tune-schedule", str(tiny_checkpoint), "--data", str(tiny_features), "-o",
                           str(tmp_path / "y.safetensors"), "--steps", "0,3"], capsys)
     assert code != 0 and "step counts" in text
+    student = tmp_path / "student.safetensors"
+    export_safetensors(tiny_checkpoint, student, changes={"model": {"prediction": "consistency"}})
+    code, text = run_cli(["tune-schedule", str(student), "--data", str(tiny_features), "-o",
+                          str(tmp_path / "z.safetensors")], capsys)
+    assert code != 0 and "consistency model samples with its own steps" in text and "Traceback" not in text

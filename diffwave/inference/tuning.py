@@ -48,9 +48,9 @@ def tune_schedule(checkpoint: str | os.PathLike[str], features: str | os.PathLik
     `step_counts` default to the length of the model's own schedule."""
     vocoder = Vocoder.from_checkpoint(checkpoint, device)
     config = vocoder.config
-    if config.model.prediction != "epsilon":
-        raise VocodeError(f"{checkpoint}: a {config.model.prediction} model samples with its own steps, not a "
-                          "fast schedule; tune its teacher instead")
+    if config.model.prediction == "consistency":
+        raise VocodeError(f"{checkpoint}: a consistency model samples with its own steps, not a fast schedule; "
+                          "tune its teacher instead")
     if not Path(out).parent.is_dir():
         raise VocodeError(f"{out}: the output folder {Path(out).parent} does not exist")
     start = list(config.diffusion.fast_schedule)
