@@ -8,6 +8,8 @@
 #                       write a checkpoint and stop (preprocessing, start-up and export come on top: ~1-2 min)
 #   CONFIG=recipes/pretrained/voice.yaml   INIT_FROM=diffwave/pretrained/voice.safetensors ("" for fresh weights)
 #   DEVICE=cuda   PRECISION=bf16   PYTHON=python3 (diffwave is installed into it with pip when missing)
+#   VOICES=DIR    the Carlo and IvrvoiceRU voices recipes/corpora/asterisk_voices.py assembled in DIR, trained on
+#                 too, as the shipped voice is since step 14052 (unset: Allison and LJSpeech only)
 # The batch is larger than the CPU recipe's (train.batch_size=32, data.crop_frames=62: a GPU is idle at 8 x 24);
 # any key=value given after OUT overrides these, e.g. train.learning_rate=5e-4.
 set -euo pipefail
@@ -20,7 +22,7 @@ config=${CONFIG:-$root/recipes/pretrained/voice.yaml}
 init_from=${INIT_FROM-$root/diffwave/pretrained/voice.safetensors}
 "$python" -c "import diffwave" 2>/dev/null || "$python" -m pip install --quiet -e "$root"
 mkdir -p "$out"
-"$root/recipes/corpora/link_corpus.sh" "$data" "$out/corpus"
+"$root/recipes/corpora/link_corpus.sh" "$data" "$out/corpus" ${VOICES:+"$VOICES" carlo ivrvoiceru}
 [ -d "$out/features" ] || "$python" -m diffwave preprocess "$out/corpus" "$out/features" --format folder \
   --jobs "$(nproc)" --config "$config"
 overrides=("train.precision=${PRECISION:-bf16}" train.batch_size=32 data.crop_frames=62 "$@")
@@ -32,4 +34,5 @@ timeout --signal=TERM --kill-after=120 "${TRAIN_SECONDS:-480}" "$python" -m diff
 if [ "$status" -ne 0 ] && [ "$status" -ne 124 ]; then echo "gpu_burst: training failed ($status)" >&2; exit "$status"; fi
 latest="$out/run/checkpoints/$(cat "$out/run/checkpoints/latest")"
 "$python" -m diffwave export "$latest" "$out/voice_ema.safetensors" --force
-echo "gpu_burst: EMA weights in $out/voice_ema.safetensors; ship with recipes/pretrained/ship.sh $out"
+echo "gpu_burst: EMA weights in $out/voice_ema.safetensors; ship with recipes/pretrained/ship.sh $out" \
+  "--continues STEPS:CPU_HOURS (those of the weights it started from, in their card) --cpu-hours H"
