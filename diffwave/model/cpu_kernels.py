@@ -33,7 +33,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-INFERENCE_TILE = 4096  # samples per tile
+INFERENCE_TILE = 4096  # samples per fp32 tile
+# Samples per bf16 tile: oneDNN's AMX GEMMs pay a fixed cost per call, so longer tiles amortise it. BASE, one
+# evaluation on 5 s, 2 threads, Intel Xeon with AMX (/work/extra/tile_size.py of issue 25): 570 ms at 4096,
+# 524 at 8192, 453 at 16384, 431 at 32768, 422 at 65536, 439 at 131072; fp32 is best at 4096 (1061 ms against
+# 1068 at 2048 and 1130 at 8192). Read at call time, so tests can shrink it to cross tile boundaries.
+BF16_TILE = 32768
 
 
 def tile_gemm_dtype(x: Tensor) -> torch.dtype | None:
@@ -278,9 +283,10 @@ class Bf16Buffers:
 
     def __init__(self, channels: int) -> None:
         low = torch.bfloat16
-        self.columns = [torch.empty(INFERENCE_TILE, 3 * channels, dtype=low) for _ in range(2)]
-        self.pre_activation = torch.empty(INFERENCE_TILE, 2 * channels, dtype=low)
-        self.gated = torch.ones(INFERENCE_TILE, channels + 1, dtype=low)
+        self.tile = BF16_TILE
+        self.columns = [torch.empty(self.tile, 3 * channels, dtype=low) for _ in range(2)]
+        self.pre_activation = torch.empty(self.tile, 2 * channels, dtype=low)
+        self.gated = torch.ones(self.tile, channels + 1, dtype=low)
         self.stream = torch.empty(0, 2 * channels, dtype=low)
 
     def stream_rows(self, rows: int) -> Tensor:
@@ -315,8 +321,9 @@ def bf16_row(dilations: list[int], h: Tensor, skip_sum: Tensor, steps: Tensor, w
     outside [N, 1] (True beyond the utterance in a padded batch); writes skip_sum [N, C] (fp32)."""
     length, channels = h.shape
     margin = max(dilations)
-    if margin >= INFERENCE_TILE:
-        raise ValueError(f"dilation {margin} needs tiles longer than {INFERENCE_TILE} samples")
+    tile_length = buffers.tile
+    if margin >= tile_length:
+        raise ValueError(f"dilation {margin} needs tiles longer than {tile_length} samples")
     # Stream (conv input) and skip sum side by side, with zero margins for the conv's zero padding.
     state = buffers.stream_rows(length + 2 * margin)
     state[:margin].zero_()
@@ -330,7 +337,7 @@ def bf16_row(dilations: list[int], h: Tensor, skip_sum: Tensor, steps: Tensor, w
     a = weights.stream_scale[:, None]
     following = torch.cat([steps[1:], torch.zeros_like(steps[:1])])
     weights.out[:, channels, :channels].copy_(weights.residual_bias - a[:-1] * steps + a[1:] * following)
-    tiles = [(low, min(length, low + INFERENCE_TILE)) for low in range(0, length, INFERENCE_TILE)]
+    tiles = [(low, min(length, low + tile_length)) for low in range(0, length, tile_length)]
     for i, d in enumerate(dilations):
         conv, out, bias = weights.conv[i], weights.out[i], weights.conv_bias_low[i]
 
@@ -360,12 +367,12 @@ def bf16_row(dilations: list[int], h: Tensor, skip_sum: Tensor, steps: Tensor, w
 
 
 class LayerWorkload:
-    """What `precision.calibrate` times: one tile of one residual layer of `channels`, conditioned, with
-    random weights, through the engine of each GEMM dtype (the step's fixed work included; the conditioning,
-    once per utterance, is not)."""
+    """What `precision.calibrate` times: one residual layer of `channels` on one bf16 tile of samples (several
+    fp32 tiles), conditioned, with random weights, through the engine of each GEMM dtype (the step's fixed work
+    included; the conditioning, once per utterance, is not)."""
 
     def __init__(self, channels: int, n_mels: int = 80) -> None:
-        self.key = ("residual layer", channels, INFERENCE_TILE)
+        self.key = ("residual layer", channels, INFERENCE_TILE, BF16_TILE)
         self.channels, self.n_mels = channels, n_mels
         self._layers: nn.ModuleList | None = None
         self._conditioning: dict[torch.dtype, Tensor] = {}
@@ -388,6 +395,6 @@ class LayerWorkload:
         layer.output_projection = nn.Conv1d(channels, 2 * channels, 1)
         layer.dilation = 1
         self._layers = nn.ModuleList([layer])
-        self._inputs = (torch.randn(1, channels, INFERENCE_TILE, generator=generator),
+        self._inputs = (torch.randn(1, channels, BF16_TILE, generator=generator),
                         torch.randn(1, 1, channels, generator=generator),
-                        torch.randn(1, self.n_mels, INFERENCE_TILE, generator=generator))
+                        torch.randn(1, self.n_mels, BF16_TILE, generator=generator))
