@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 INFERENCE_TILE = 4096  # samples per fp32 tile
 # Samples per bf16 tile: oneDNN's AMX GEMMs pay a fixed cost per call, so longer tiles amortise it. BASE, one
-# evaluation on 5 s, 2 threads, Intel Xeon with AMX (/work/extra/tile_size.py of issue 25): 570 ms at 4096,
+# evaluation on 5 s, 2 threads, Intel Xeon with AMX (benchmarks/tile_length.py, issue 25): 570 ms at 4096,
 # 524 at 8192, 453 at 16384, 431 at 32768, 422 at 65536, 439 at 131072; fp32 is best at 4096 (1061 ms against
 # 1068 at 2048 and 1130 at 8192). Read at call time, so tests can shrink it to cross tile boundaries.
 BF16_TILE = 32768
