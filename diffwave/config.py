@@ -98,7 +98,7 @@ class ModelConfig:
 
     @property
     def output(self) -> str:
-        """What the sampling loop reads the output as (diffusion/sampling.py OUTPUTS): a consistency student's
+        """What the sampling loop reads the output as (diffusion/parameterization.py OUTPUTS): a consistency student's
         output is in the units of its teacher's noise."""
         return "v" if self.prediction == "v" else "epsilon"
 

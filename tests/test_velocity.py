@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from diffwave.config import load_config
-from diffwave.diffusion import NoiseSchedule, ddim, diffusion_loss, fast_schedule, full_chain, sample
+from diffwave.diffusion import (
+    NoiseSchedule,
+    ddim,
+    diffusion_loss,
+    fast_schedule,
+    full_chain,
+    sample,
+    variational_bound,
+)
 from diffwave.diffusion.noise_schedule import rescale_to_zero_terminal_snr
 from diffwave.diffusion.parameterization import noise_from_velocity, velocity, x0_from_velocity
 from diffwave.diffusion.sampling import update_coefficients
@@ -132,6 +140,29 @@ def test_v_chains_from_pure_noise_follow_their_exact_law_and_reach_the_data(buil
     assert law_mean == pytest.approx(0.3, abs=0.01)
     if len(plan) == schedule.num_steps:
         assert math.sqrt(law_var) == pytest.approx(0.5, rel=0.1)
+
+
+def test_an_epsilon_network_read_as_v_samples_and_bounds_as_itself():
+    """v-prediction is a reparameterisation: a network whose v is derived from a noise estimate, v = (eps -
+    sqrt(1 - abar) x) / sqrt(abar), must give the predictor-corrector sampler's and the variational bound's
+    numbers of the noise estimate itself (ordinary schedule, where both are defined)."""
+    schedule = NoiseSchedule.linear(50, 1e-4, 0.05)
+    eps_fn = lambda x, t: 0.4 * x + 0.1  # noqa: E731
+    v_fn = lambda x, t: ((eps_fn(x, t) - (1 - alpha_bar_at(schedule, t)).sqrt().reshape(-1, 1) * x)  # noqa: E731
+                         / alpha_bar_at(schedule, t).sqrt().reshape(-1, 1))
+    plan = fast_schedule(schedule, "base")
+    runs = [sample(plan, fn, (3, 64), generator=torch.Generator().manual_seed(5), dtype=torch.float64,
+                   corrector_steps=1, output=output) for fn, output in ((eps_fn, "epsilon"), (v_fn, "v"))]
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=1e-6)  # t reaches eps_fn in float32
+    x0 = torch.randn(2, 64, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    bounds = [variational_bound(fn, schedule, x0, generator=torch.Generator().manual_seed(7), output=output).total
+              for fn, output in ((eps_fn, "epsilon"), (v_fn, "v"))]
+    torch.testing.assert_close(bounds[0], bounds[1], rtol=1e-9, atol=1e-9)
+
+
+def test_a_noise_estimate_cannot_start_from_pure_noise():
+    with pytest.raises(ScheduleError, match="pure noise"):
+        update_coefficients(full_chain(zero_snr_schedule()), 49, "epsilon")
 
 
 def test_the_v_loss_regresses_the_velocity_weighted_by_the_prior():

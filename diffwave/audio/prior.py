@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -202,6 +202,10 @@ class SpectralPrior:
     """
 
     energy: EnergyPrior
+    basis: Tensor = field(init=False, repr=False, compare=False)  # [n_mels, bins]: the preset's filterbank
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "basis", LogMel(self.energy.audio).mel_basis)
 
     @property
     def per_utterance(self) -> bool:
@@ -212,7 +216,7 @@ class SpectralPrior:
 
     def gain(self, mel: Tensor, reference: Tensor | None = None) -> Tensor:
         """[..., n_mels, frames] -> H [..., n_fft // 2 + 1, frames], in [floor, 1]."""
-        basis = _mel_basis(self.energy.audio).to(mel.device)  # [n_mels, bins]
+        basis = self.basis.to(mel.device)
         weight = basis.sum(dim=0)
         envelope = (basis.T @ mel_magnitudes(mel.float(), self.energy.audio)) / weight.clamp(min=1e-12)[:, None]
         envelope = envelope * (weight > 0)[:, None]
@@ -223,10 +227,6 @@ class SpectralPrior:
     def noise_prior(self, mel: Tensor, reference: Tensor | None = None) -> SpectralShaper:
         """The forward noise's law for mels [B, n_mels, frames]: L for signals [B, frames * hop]."""
         return SpectralShaper(self.gain(mel, reference), self.energy.audio)
-
-
-def _mel_basis(audio: AudioConfig) -> Tensor:
-    return LogMel(audio).mel_basis
 
 
 MelPrior = EnergyPrior | SpectralPrior

@@ -12,7 +12,8 @@ from diffwave.errors import CheckpointError
 _WEIGHT_SECTIONS = ("audio.", "model.")
 _WEIGHT_FIELDS = {"diffusion.num_steps", "diffusion.schedule", "diffusion.beta_start", "diffusion.beta_end",
                   "diffusion.zero_terminal_snr",
-                  "diffusion.prior", "diffusion.prior_floor"}  # the prior changes what the network predicts
+                  "diffusion.prior", "diffusion.prior_floor",
+                  "diffusion.prior_normalization"}  # the prior changes what the network predicts
 _ABSENT = "<absent>"
 
 

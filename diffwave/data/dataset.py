@@ -122,8 +122,9 @@ class _Crops(Dataset[Item], ABC):
         self._utterance_rms: dict[int, float] = {}
         if with_reference_energy and config is None:
             raise ValueError("with_reference_energy needs crops with a mel")
-        self.with_reference_energy = with_reference_energy
-        self._reference_energy: dict[int, float] = {}
+        # Read once here, so DataLoader workers (copies of the dataset) never reread whole mels each epoch.
+        self._reference_energy = ([reference_energy(_open(u.mel, "mel"), config) for u in self.utterances]
+                                  if with_reference_energy else None)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -176,9 +177,7 @@ class _Crops(Dataset[Item], ABC):
         item = _crop(utterance, self._start(index) * self._unit(), self.crop_samples, self.mel_format)
         if self.target_rms is not None:
             item["audio"].mul_(self._gain(index))
-        if self.with_reference_energy:
-            if index not in self._reference_energy:
-                self._reference_energy[index] = reference_energy(_open(utterance.mel, "mel"), self.config)
+        if self._reference_energy is not None:
             item["reference_energy"] = self._reference_energy[index]
         return item
 

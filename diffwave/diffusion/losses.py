@@ -113,7 +113,7 @@ def reverse_variances(schedule: NoiseSchedule, variance: str | Tensor) -> Tensor
 @torch.no_grad()
 def variational_bound(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *,
                       variance: str | Tensor = "beta_tilde", generator: torch.Generator | None = None,
-                      prior_std: Tensor | None = None, output: str = "epsilon") -> VariationalBound:
+                      prior_std: NoisePrior = None, output: str = "epsilon") -> VariationalBound:
     """Monte Carlo estimate (one x_t per term) of the negative ELBO of x0 under the model's reverse chain.
 
     The reverse variances come from `reverse_variances`; the decoder p(x_0 | state 0) is Gaussian around

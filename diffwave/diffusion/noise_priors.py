@@ -3,7 +3,7 @@
 - None: the standard N(0, I).
 - A tensor S broadcasting to the data: Sigma = diag(S^2) (PriorGrad).
 - A `NoiseShaper`, any linear L with Sigma = L L^T that can also (approximately) undo itself (SpecGrad's
-  time-frequency filter, audio/spectral_prior.py).
+  time-frequency filter, audio/prior.py SpectralShaper).
 
 Noise enters as L z (`shape_noise`), and errors are measured in the whitened units L^-1 r (`whiten`): the
 PriorGrad loss ||S^-1 r||^2 becomes SpecGrad's ||L^-1 r||^2. The update formulas of the chain do not change.

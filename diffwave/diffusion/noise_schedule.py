@@ -29,8 +29,8 @@ def validate_betas(betas: Tensor | Sequence[float], what: str = "betas", termina
     bad = ~torch.isfinite(betas) | (betas <= 0) | (betas >= high)
     if bad.any():
         index = int(bad.nonzero()[0])
-        raise ScheduleError(f"{what}[{index}] = {betas[index].item():g}, but every beta must lie in (0, 1)"
-                            + (" (the last in (0, 1])" if terminal_one else ""))
+        bounds = "every beta must lie in (0, 1)" + (" (the last in (0, 1])" if terminal_one else "")
+        raise ScheduleError(f"{what}[{index}] = {betas[index].item():g}, but {bounds}")
     return betas
 
 

@@ -89,6 +89,9 @@ def update_coefficients(plan: ReversePlan, i: int, output: str = "epsilon") -> t
     if output == "v":
         return _velocity_coefficients(plan, i)
     alpha_bar, alpha_bar_prev = plan.alpha_bars[i].item(), plan.alpha_bars_prev[i].item()
+    if alpha_bar == 0.0:
+        raise ScheduleError(f"plan '{plan.name}' starts at pure noise (alpha_bar 0), where a noise estimate says "
+                            "nothing about the data; that needs a v-prediction model")
     if plan.update == "ancestral":
         return (ancestral_mean(1.0, 0.0, alpha_bar, alpha_bar_prev),
                 ancestral_mean(0.0, 1.0, alpha_bar, alpha_bar_prev))
@@ -123,11 +126,8 @@ def standard_noise(shape: tuple[int, ...] | torch.Size, i: int, generator: torch
     return noise.to(device, dtype)
 
 
-def checked_prior(prior_std: NoisePrior, shape: tuple[int, ...] | torch.Size) -> NoisePrior:
-    """The prior's standard deviations, refused unless finite, positive and broadcasting to `shape` (a
-    `NoiseShaper` is its maker's to check)."""
-    if not isinstance(prior_std, Tensor):
-        return prior_std
+def checked_prior(prior_std: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+    """The prior's standard deviations, refused unless finite, positive and broadcasting to `shape`."""
     try:
         broadcast = torch.broadcast_shapes(tuple(prior_std.shape), tuple(shape))
     except RuntimeError:

@@ -20,6 +20,7 @@ from diffwave.audio import LogMel
 from diffwave.config import Config
 from diffwave.diffusion import NoiseSchedule, ReversePlan, diffusion_loss, fast_schedule
 from diffwave.diffusion.consistency import distillation_loss
+from diffwave.diffusion.noise_priors import NoisePrior, shape_noise
 from diffwave.diffusion.parameterization import x0_from_velocity
 from diffwave.diffusion.reverse_plans import CONSISTENCY_DEFAULT_STEPS, consistency
 from diffwave.errors import CheckpointError
@@ -38,8 +39,9 @@ def network_call(model: torch.nn.Module) -> NetworkCall:
 
 
 class DiffusionObjective:
-    """DDPM's L_simple: the network predicts the forward noise (times S under a PriorGrad prior), through
-    `diffusion.losses.diffusion_loss` with the steps and noise the Trainer drew."""
+    """DDPM's L_simple: the network predicts the forward noise as drawn (shaped by a PriorGrad or SpecGrad prior),
+    or v with model.prediction=v, through `diffusion.losses.diffusion_loss` with the steps and noise the Trainer
+    drew."""
 
     start_weights: dict[str, Tensor] | None = None  # a fresh run starts from the seeded initialisation
 
@@ -51,9 +53,9 @@ class DiffusionObjective:
         self.front_end = LogMel(config.audio).to(next(model.parameters()).device) if self.x0_weight else None
 
     def losses(self, network: NetworkCall, audio: Tensor, mel: Tensor | None, t: Tensor, noise: Tensor,
-               std: Tensor | None, autocast: Autocast) -> Tensor:
-        """Per-example loss of `network` on clean `audio` at steps t with standard `noise` (scaled by the prior's
-        std S, when there is one, inside diffusion_loss); the network runs under `autocast`, the loss in fp32.
+               std: NoisePrior, autocast: Autocast) -> Tensor:
+        """Per-example loss of `network` on clean `audio` at steps t with standard `noise` (shaped by the prior,
+        when there is one, inside diffusion_loss); the network runs under `autocast`, the loss in fp32.
         With diffusion.x0_mel_weight, plus that weight times `x0_mel_distance` at steps up to x0_max_step."""
         seen: dict[str, Tensor] = {}
 
@@ -73,7 +75,7 @@ class DiffusionObjective:
         """Per-example mean |log-mel(x0_hat) - log-mel(audio)|, x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) /
         sqrt(abar_t) (or read off v): the clean signal the network's estimate implies (under a prior eps_hat
         already carries S)."""
-        alpha_bar = self.schedule.alpha_bar_at(t, x_t)
+        alpha_bar = self.schedule.alpha_bars.to(x_t.device)[t][:, None]  # float64, as x0_hat was always computed
         if self.output == "v":
             x0_hat = x0_from_velocity(x_t, eps_hat, alpha_bar)
         else:
@@ -116,12 +118,12 @@ class ConsistencyDistillation(DiffusionObjective):
         self.target.module.eval().requires_grad_(False)
 
     def losses(self, network: NetworkCall, audio: Tensor, mel: Tensor | None, t: Tensor, noise: Tensor,
-               std: Tensor | None, autocast: Autocast) -> Tensor:
+               std: NoisePrior, autocast: Autocast) -> Tensor:
         """The consistency-distillation loss at levels t + 1 (training step t and the level `skip` below it)."""
         def call(net: NetworkCall):
             return lambda x, steps: net(x, steps, mel)
 
-        noise = noise if std is None else noise * std  # the forward noise as drawn
+        noise = shape_noise(std, noise)  # the forward noise as drawn
         with autocast():
             return distillation_loss(call(network), call(network_call(self.target.module)),
                                      call(network_call(self.teacher)), self.schedule, audio, t + 1, noise,
