@@ -108,9 +108,8 @@ class DiffusionConfig:
     """Training noise schedule (T steps), the fast reverse schedule for inference, the loss, and the prior.
 
     `prior: priorgrad` shapes the noise by the mel's frame energy (PriorGrad; see audio/prior.py), `specgrad`
-    by its spectral envelope too (SpecGrad); its
-    normalisation uses the training corpus's frame-energy range, which training fills in and checkpoints carry,
-    and with `prior_normalization: utterance` each utterance's own loudness too.
+    by its spectral envelope too (SpecGrad). Both normalise the energy with the training corpus's range, which
+    training fills in and checkpoints carry, and with `prior_normalization: utterance` each utterance's loudness.
     """
 
     schedule: str = "linear"

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch import Tensor
 
-from diffwave.audio.mel import LogMel, reflect_padding
+from diffwave.audio.mel import LogMel, band_to_bin_weights, reflect_padding
 from diffwave.audio.prior import mel_magnitudes
 from diffwave.config import AudioConfig
 
@@ -68,9 +68,7 @@ def rescale_to_mel(audio: Tensor, mel: Tensor, config: AudioConfig, passes: int 
     if mel.ndim != 2 or mel.shape[0] != config.n_mels:
         raise ValueError(f"mel must have shape [{config.n_mels}, frames], got {tuple(mel.shape)}")
     front_end = LogMel(config)
-    basis = front_end.mel_basis.double()
-    weight = basis.sum(dim=0)
-    covered = weight > 0
+    spread, covered = band_to_bin_weights(front_end.mel_basis.double())
     target = mel_magnitudes(mel.detach().cpu().double(), config)
     shift = config.n_fft // 2 - reflect_padding(config)
     window = torch.hann_window(config.win_length, dtype=torch.float64)
@@ -81,8 +79,8 @@ def rescale_to_mel(audio: Tensor, mel: Tensor, config: AudioConfig, passes: int 
         current = mel_magnitudes(front_end(result.float()).double(), config)
         frames = min(current.shape[-1], target.shape[-1])
         ratio = (target[:, :frames] / current[:, :frames].clamp(min=1e-12)).clamp(1 / MAX_BAND_GAIN, MAX_BAND_GAIN)
-        gain = torch.ones(weight.numel(), frames, dtype=torch.float64)
-        gain[covered] = (basis.T @ ratio)[covered] / weight[covered, None]
+        gain = torch.ones(covered.numel(), frames, dtype=torch.float64)
+        gain[covered] = (spread @ ratio)[covered]
         body = result[shift:]
         spectrum = torch.stft(body, return_complex=True, **stft)
         count = min(frames, spectrum.shape[-1])

@@ -74,6 +74,15 @@ def _mel_basis(config: AudioConfig) -> Tensor:
     return torch.from_numpy(basis)
 
 
+def band_to_bin_weights(basis: Tensor) -> tuple[Tensor, Tensor]:
+    """(spread [bins, n_mels], covered [bins]) for a filterbank [n_mels, bins]: spread @ per-band values gives
+    each linear bin the filterbank-weighted mean of the bands covering it (a row of zeros where none does)."""
+    weight = basis.sum(dim=0)
+    covered = weight > 0
+    spread = torch.where(covered[:, None], basis.T / weight.clamp(min=torch.finfo(basis.dtype).tiny)[:, None], 0.0)
+    return spread, covered
+
+
 class LogMel(nn.Module):
     """audio [B, N] or [N] -> log-mel [B, n_mels, frames] or [n_mels, frames], per `config.mel_preset`.
 

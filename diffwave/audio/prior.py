@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffwave.audio.mel import LogMel
+from diffwave.audio.mel import LogMel, band_to_bin_weights
 from diffwave.config import AudioConfig, Config
 from diffwave.errors import ConfigError
 
@@ -202,10 +202,10 @@ class SpectralPrior:
     """
 
     energy: EnergyPrior
-    basis: Tensor = field(init=False, repr=False, compare=False)  # [n_mels, bins]: the preset's filterbank
+    spread: Tensor = field(init=False, repr=False, compare=False)  # [bins, n_mels]: mel bands -> linear bins
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "basis", LogMel(self.energy.audio).mel_basis)
+        object.__setattr__(self, "spread", band_to_bin_weights(LogMel(self.energy.audio).mel_basis)[0])
 
     @property
     def per_utterance(self) -> bool:
@@ -216,10 +216,7 @@ class SpectralPrior:
 
     def gain(self, mel: Tensor, reference: Tensor | None = None) -> Tensor:
         """[..., n_mels, frames] -> H [..., n_fft // 2 + 1, frames], in [floor, 1]."""
-        basis = self.basis.to(mel.device)
-        weight = basis.sum(dim=0)
-        envelope = (basis.T @ mel_magnitudes(mel.float(), self.energy.audio)) / weight.clamp(min=1e-12)[:, None]
-        envelope = envelope * (weight > 0)[:, None]
+        envelope = self.spread.to(mel.device) @ mel_magnitudes(mel.float(), self.energy.audio)
         peak = envelope.amax(dim=-2, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
         std = self.energy.frame_std(mel, reference).unsqueeze(-2)
         return (std * (envelope / peak).sqrt()).clamp(self.energy.floor, 1.0)

@@ -135,9 +135,7 @@ def variational_bound(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *,
     def model_mean(t: int) -> tuple[Tensor, Tensor]:
         steps = torch.full((batch,), t, device=x0.device, dtype=torch.long)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        if prior_std is not None:
-            noise = noise * prior_std.to(x0.dtype)
-        x_t = schedule.q_sample(x0, steps, noise)
+        x_t = schedule.q_sample(x0, steps, shape_noise(prior_std, noise))
         out = eps_fn(x_t, steps.float()).to(x0.dtype)
         if output == "v":
             return x_t, schedule.posterior(x0_from_velocity(x_t, out, schedule.alpha_bars[t].item()), x_t, steps)[0]

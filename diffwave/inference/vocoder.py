@@ -335,18 +335,16 @@ class Vocoder:
         of chunked synthesis cross-fades."""
         if prior is None:
             return None
-        if isinstance(prior, SpectralPrior):
-            gain = torch.full((len(mels), self.front_end.mel_basis.shape[1], width // self.hop_length),
-                              prior.energy.floor, device=self.device)
-            for row, (mel, (start, stop)) in enumerate(zip(mels, spans, strict=True)):
-                window = prior.gain(mel[:, start:stop], prior.reference(mel))
-                gain[row, :, :window.shape[-1]] = window
-            return SpectralShaper(gain, self.config.audio)
-        std = torch.ones(len(mels), width, device=self.device)
+        spectral = isinstance(prior, SpectralPrior)
+        if spectral:
+            padded = torch.full((len(mels), self.front_end.mel_basis.shape[1], width // self.hop_length),
+                                prior.energy.floor, device=self.device)
+        else:
+            padded = torch.ones(len(mels), width, device=self.device)
         for row, (mel, (start, stop)) in enumerate(zip(mels, spans, strict=True)):
-            window = prior.std(mel[:, start:stop], prior.reference(mel))
-            std[row, :window.numel()] = window
-        return std
+            window = (prior.gain if spectral else prior.std)(mel[:, start:stop], prior.reference(mel))
+            padded[row, ..., :window.shape[-1]] = window
+        return SpectralShaper(padded, self.config.audio) if spectral else padded
 
     def _conditioning(self, mels: list[Tensor], spans: list[tuple[int, int]], width: int,
                       dtype: torch.dtype) -> Tensor:

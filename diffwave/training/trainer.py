@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from diffwave.audio.prior import prior_from_config
 from diffwave.checkpoints import FORMAT_VERSION, capture_rng_state, restore_rng_state, save_checkpoint
 from diffwave.config import Config, config_to_dict, trained_steps
-from diffwave.data.dataset import crops_for_training, reference_energies
+from diffwave.data.dataset import crops_for_training
 from diffwave.diffusion import NoiseSchedule
 from diffwave.errors import DataError, TrainingError
 from diffwave.model import DiffWave
@@ -42,7 +42,7 @@ from diffwave.training.monitor import Monitor, loss_by_step_buckets
 from diffwave.training.objectives import DiffusionObjective
 from diffwave.training.preemption import StopRequest, ignore_stop_signals, stop_on_signals
 from diffwave.training.setup import LOG_DIR, RunStart, prepare
-from diffwave.training.validation import Validation
+from diffwave.training.validation import Validation, batch_noise_prior
 
 logger = logging.getLogger("diffwave.train")
 
@@ -205,7 +205,7 @@ class Trainer:
             audio = batch["audio"].to(self.device, non_blocking=True)
             mel = batch["mel"].to(self.device, non_blocking=True) if "mel" in batch else None
             t, noise = self._draws(batch["id"], audio.shape[1:])
-            std = None if self.prior is None else self.prior.noise_prior(mel, reference_energies(batch, self.device))
+            std = batch_noise_prior(self.prior, batch, mel, self.device)
         with record_function("train/forward"):
             losses = self.objective.losses(self.estimator, audio, mel, t, noise, std, self._autocast)
         loss = losses.mean()

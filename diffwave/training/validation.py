@@ -26,6 +26,12 @@ logger = logging.getLogger("diffwave.train")
 VALIDATION_SEED = 1234  # fixed steps and noise, so valid/loss is comparable across a run
 
 
+def batch_noise_prior(prior: MelPrior | None, batch: dict[str, Tensor], mel: Tensor | None,
+                      device: torch.device) -> NoisePrior:
+    """The forward noise's law for a collated batch of crops (with their utterances' e_ref when they carry it)."""
+    return None if prior is None else prior.noise_prior(mel, reference_energies(batch, device))
+
+
 class Validation:
     """The validation crops of a feature folder (none when its split is empty, said once in the log), measured
     on steps 0 .. steps_drawn - 1, the range the run trains."""
@@ -44,9 +50,6 @@ class Validation:
     def _mel(self, batch: dict[str, Tensor]) -> Tensor | None:
         return batch["mel"].to(self.device) if "mel" in batch else None
 
-    def _noise_prior(self, prior: MelPrior | None, batch: dict[str, Tensor], mel: Tensor | None) -> NoisePrior:
-        return None if prior is None else prior.noise_prior(mel, reference_energies(batch, self.device))
-
     @torch.no_grad()
     def loss(self, objective: DiffusionObjective, model: DiffWave, prior: MelPrior | None,
              autocast: Autocast) -> float | None:
@@ -59,7 +62,7 @@ class Validation:
         t = torch.randint(0, self.steps_drawn, (audio.shape[0],), generator=generator, device=self.device)
         noise = torch.randn(audio.shape, generator=generator, device=self.device)
         mel = self._mel(batch)
-        std = self._noise_prior(prior, batch, mel)
+        std = batch_noise_prior(prior, batch, mel, self.device)
         return objective.losses(network_call(model.eval()), audio, mel, t, noise, std, autocast).mean().item()
 
     @torch.no_grad()
@@ -76,7 +79,8 @@ class Validation:
         cond = None if mel is None else model.condition(mel)
         audio = sample(plan, lambda x, t: model(x, t, cond), tuple(batch["audio"].shape),
                        generator=torch.Generator(self.device).manual_seed(VALIDATION_SEED), device=self.device,
-                       output=self.config.model.output, clip=True, prior_std=self._noise_prior(prior, batch, mel))
+                       output=self.config.model.output, clip=True,
+                       prior_std=batch_noise_prior(prior, batch, mel, self.device))
         rate = self.config.audio.sample_rate
         for i in range(count):
             monitor.audio(step, f"sample/{i}/generated", audio[i].cpu(), rate)
