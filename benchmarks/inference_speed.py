@@ -13,7 +13,8 @@ weights), through `Vocoder.vocode`, the path users call:
   (BASE: 1.98 MFLOP; LARGE: 7.90 MFLOP). The conditioning (upsampler + L projections 2*n_mels*2C) is
   computed once per utterance (per window, for long inputs) and not counted per step; its time is in the RTF.
 - precisions side by side (--dtypes; default fp32,bf16, and fp16 on CUDA): RTF and % of that precision's
-  matmul peak per precision, and each lower precision's SNR against fp32 on the same noise (fidelity).
+  matmul peak per precision, each through vocode's default windows (longer in a narrower dtype), and each
+  lower precision's SNR against fp32 on the same noise (fidelity), both run as one window.
   bf16 on a CPU without bf16 matrix units (no AMX, no AVX512-BF16) is emulated, hence slower than fp32;
   `--dtype auto` measures which is faster on the machine it runs on (diffwave/precision.py).
 - peak = the best of several square matmuls of size 2048 in that precision on the same device and threads.
@@ -47,7 +48,6 @@ from diffwave.config import load_config
 from diffwave.diffusion import NoiseSchedule, fast_schedule, sample
 from diffwave.diffusion.reverse_plans import DDIM_DEFAULT_STEPS
 from diffwave.inference import Vocoder
-from diffwave.inference.chunking import CHUNK_SECONDS
 from diffwave.model import DiffWave
 from diffwave.precision import DTYPES
 
@@ -73,17 +73,24 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def vocode_rtf(vocoder: Vocoder, seconds: float, sampler: str, **options) -> tuple[float, torch.Tensor]:
-    """(RTF, audio) of vocoding `seconds` of a fixed random mel with a fixed seed: every precision gets the
-    same mel and the same noise, so their audio can be compared."""
+def fixed_mel(vocoder: Vocoder, seconds: float) -> torch.Tensor:
+    """The same random mel for every precision (hifigan's range)."""
     frames = round(seconds * vocoder.sample_rate / vocoder.hop_length)
-    mel = torch.randn(vocoder.n_mels, frames, generator=torch.Generator().manual_seed(1)) - 5.0  # hifigan range
-    audio = []
-    run = lambda: audio.append(vocoder.vocode(mel, sampler=sampler, generator=torch.Generator().manual_seed(0),  # noqa: E731
-                                              **options))
-    run()  # warm-up
-    audio_seconds = frames * vocoder.hop_length / vocoder.sample_rate
-    return timed(run, vocoder.device) / audio_seconds, audio[-1]
+    return torch.randn(vocoder.n_mels, frames, generator=torch.Generator().manual_seed(1)) - 5.0
+
+
+def vocode_fixed(vocoder: Vocoder, seconds: float, sampler: str, **options) -> torch.Tensor:
+    """Audio of `fixed_mel` with a fixed seed: every precision gets the same mel and noise, so their audio can
+    be compared."""
+    return vocoder.vocode(fixed_mel(vocoder, seconds), sampler=sampler, generator=torch.Generator().manual_seed(0),
+                          **options)
+
+
+def vocode_rtf(vocoder: Vocoder, seconds: float, sampler: str, **options) -> tuple[float, torch.Tensor]:
+    """(RTF, audio) of `vocode_fixed`, after one warm-up call."""
+    audio = [vocode_fixed(vocoder, seconds, sampler, **options)]  # warm-up
+    elapsed = timed(lambda: audio.append(vocode_fixed(vocoder, seconds, sampler, **options)), vocoder.device)
+    return elapsed / (audio[-1].numel() / vocoder.sample_rate), audio[-1]
 
 
 def snr_db(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -185,8 +192,10 @@ def main() -> None:
             for name, (rtf, _) in results.items():
                 gflops = flops_per_sample_step(config) * config.audio.sample_rate * steps / rtf / 1e9
                 row += f" {rtf:9.3f} {100 * gflops / peaks[name]:6.1f}%"
-            if "fp32" in results:
-                row += "".join(f" {snr_db(results['fp32'][1], audio):11.1f}" for name, (_, audio) in results.items()
+            if "fp32" in results:  # one window each: the default windows grow as the dtype narrows
+                whole = {name: vocode_fixed(vocoder, seconds, sampler, chunk_seconds=None)
+                         for name, vocoder in vocoders.items()}
+                row += "".join(f" {snr_db(whole['fp32'], audio):11.1f}" for name, audio in whole.items()
                                if name != "fp32")
             print(row, flush=True)
     base = random_vocoder("base", device, DTYPES[names[0]])
@@ -197,7 +206,7 @@ def main() -> None:
         print(f"BASE fast {names[0]}, RTF {args.long_seconds:g} s / {args.seconds:g} s: {long:.3f} / {short:.3f} = "
               f"{long / short:.2f}")
         wide = vocode_rtf(base, args.long_seconds, "fast", chunk_seconds=5.0)[0]
-        print(f"BASE fast {names[0]}, {args.long_seconds:g} s, RTF with {CHUNK_SECONDS:g} s / 5 s windows: "
+        print(f"BASE fast {names[0]}, {args.long_seconds:g} s, RTF with default / 5 s windows: "
               f"{long:.3f} / {wide:.3f} = {long / wide:.2f}")
     for name in names if args.memory_seconds else ():
         memory_rows(args.memory_seconds, device, name)

@@ -205,6 +205,28 @@ def test_chunked_matches_unchunked_with_the_default_sampler(vocoder: Vocoder, mo
     assert (hard_cuts - whole).abs().max() > 1e-2
 
 
+def test_default_windows_hold_the_same_conditioning_memory_in_each_dtype(vocoder: Vocoder,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """chunk_seconds="auto" (the default): 3 s window cores in fp32 and 6 s in bf16, whose cached conditioning
+    takes half the bytes per value; so 5 s of mel is two windows in fp32 and one in bf16."""
+    mel = tone_mel(vocoder, 5.0)
+    windows = []
+    condition = vocoder.model.condition
+
+    def counting_condition(window_mel: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        windows.append(window_mel.shape[-1])
+        return condition(window_mel, out=out)
+
+    monkeypatch.setattr(vocoder.model, "condition", counting_condition)
+    frames_per_second = RATE / vocoder.hop_length
+    vocoder.vocode(mel, generator=seeded(0), dtype="fp32", sampler="ddim", steps=1)
+    assert len(windows) == 2 and max(windows) < mel.shape[-1]
+    assert max(windows) >= 3.3 * frames_per_second  # a 3 s core with 0.3 s of context (and the mel margin)
+    windows.clear()
+    vocoder.vocode(mel, generator=seeded(0), dtype="bf16", sampler="ddim", steps=1)
+    assert windows == [mel.shape[-1]]
+
+
 def test_window_conditioning_equals_the_utterances(vocoder: Vocoder) -> None:
     """A window's conditioning is computed from its own mel slice (bounded memory), yet equals the slice of
     the whole utterance's: the upsampler reaches one frame beyond, which the window's mel margin supplies."""

@@ -35,7 +35,8 @@ from torch import Tensor
 from diffwave.errors import DiffwaveError
 
 NOISE_BLOCK = 8192  # samples per independently seeded noise block
-CHUNK_SECONDS = 3.0  # window core: bounds BASE's peak memory to ~2.3 GB; see the note in Vocoder.vocode
+CHUNK_SECONDS = 3.0  # window core in fp32: bounds BASE's peak memory to ~2.3 GB; see the note in Vocoder.vocode
+AUTO_CHUNK = "auto"  # Vocoder.vocode's default: CHUNK_SECONDS scaled to the same conditioning memory in its dtype
 OVERLAP_SECONDS = 0.3  # context on each side of a window, and the cross-fade length
 
 
@@ -103,7 +104,7 @@ class ChunkLayout:
         """Windows of `chunk_seconds` with `overlap_seconds` of context (None: one window), in frames."""
         if chunk_seconds is None:
             return cls(None, 0)
-        if not chunk_seconds > 0 or not 0 <= overlap_seconds <= chunk_seconds:
+        if isinstance(chunk_seconds, str) or not chunk_seconds > 0 or not 0 <= overlap_seconds <= chunk_seconds:
             raise DiffwaveError(f"need chunk_seconds > 0 and 0 <= overlap_seconds <= chunk_seconds, got "
                                 f"{chunk_seconds} and {overlap_seconds}")
         chunk = max(1, round(chunk_seconds * frames_per_second))

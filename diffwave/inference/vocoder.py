@@ -39,6 +39,7 @@ from diffwave.diffusion.noise_priors import NoisePrior, shape_noise
 from diffwave.diffusion.sampling import sample
 from diffwave.errors import VocodeError
 from diffwave.inference.chunking import (
+    AUTO_CHUNK,
     CHUNK_SECONDS,
     OVERLAP_SECONDS,
     ChunkLayout,
@@ -147,7 +148,7 @@ class Vocoder:
 
     def vocode(self, mel: Tensor | np.ndarray, options: SamplingOptions | Sampling | None = None, *,
                generator: torch.Generator | None = None, lengths: Sequence[int] | Tensor | None = None,
-               chunk_seconds: float | None = CHUNK_SECONDS, overlap_seconds: float = OVERLAP_SECONDS,
+               chunk_seconds: float | str | None = AUTO_CHUNK, overlap_seconds: float = OVERLAP_SECONDS,
                **sampling: Any) -> Tensor | list[Tensor]:
         """Audio for mel [n_mels, F] (-> [F * hop]) or a padded batch [B, n_mels, F] (-> list of B tensors,
         item i trimmed to lengths[i] * hop); CPU float32 in [-1, 1].
@@ -179,13 +180,16 @@ class Vocoder:
 
         Long inputs: windows of `chunk_seconds` plus `overlap_seconds` of context on each side, cross-faded
         over `overlap_seconds` (`chunk_seconds=None`: one window), which bounds the cached conditioning's
-        memory (benchmarks/inference_speed.py, memory rows). A window edge disturbs the audio within about 1.6
-        receptive fields of one forward pass, not the chain's S-fold reach; every cross-faded sample has at
-        least `overlap_seconds` / 2 of context in both windows. A Griffin-Lim start is made once per utterance
-        and sliced per window. On a CPU the window's conditioning lives in one buffer that the vocoder keeps for
-        its next window and call.
+        memory (benchmarks/inference_speed.py, memory rows). "auto": 3 s in fp32, and as long as the same
+        memory holds in a narrower dtype (6 s in bf16): fewer windows, so less overlap to compute twice. A
+        window edge disturbs the audio within about 1.6 receptive fields of one forward pass, not the chain's
+        S-fold reach; every cross-faded sample has at least `overlap_seconds` / 2 of context in both windows.
+        A Griffin-Lim start is made once per utterance and sliced per window. On a CPU the window's
+        conditioning lives in one buffer that the vocoder keeps for its next window and call.
         """
         resolved = self.sampling(options, **sampling)
+        if chunk_seconds == AUTO_CHUNK:
+            chunk_seconds = CHUNK_SECONDS * torch.float32.itemsize / resolved.dtype.itemsize
         layout = ChunkLayout.from_seconds(chunk_seconds, overlap_seconds, self.sample_rate / self.hop_length)
         with torch.inference_mode():
             mels, batched = self._validated_mels(mel, lengths)

@@ -222,7 +222,8 @@ def time_major_conditioning(upsampled: Tensor, layers: nn.ModuleList, gemm_dtype
 
 def tiled_layers(layers: nn.ModuleList, h: Tensor, steps: Tensor, cond: Tensor | None, mask: Tensor | None,
                  gemm_dtype: torch.dtype) -> Tensor:
-    """The residual `layers` on h [B, C, N] (fp32) tile by tile; the sum of the skips [B, C, N] (fp32).
+    """The residual `layers` on h [B, N, C] (fp32, time-major; overwritten) tile by tile; the sum of the skips
+    [B, N, C] (fp32, time-major).
 
     `steps` [B, L, C] are the layers' step projections; `cond` [B, L, 2C, N] is `condition`'s (time-major
     for the engine; another layout is converted per call). Rows of a batch run one after the other.
@@ -230,26 +231,26 @@ def tiled_layers(layers: nn.ModuleList, h: Tensor, steps: Tensor, cond: Tensor |
     weights = prepared_weights(layers, gemm_dtype)
     dilations = [layer.dilation for layer in layers]
     with torch.autocast("cpu", enabled=False):
-        skip_sum = torch.empty_like(h.transpose(1, 2))
+        skip_sum = torch.empty_like(h)
         if gemm_dtype != torch.float32:
-            buffers = Bf16Buffers(h.shape[1])
+            buffers = Bf16Buffers(h.shape[-1])
             for row in range(h.shape[0]):
                 outside = None if mask is None or mask[row].all() else ~mask[row, :, None]
                 conditioning = None if cond is None else bf16_conditioning(cond[row], weights)
-                bf16_row(dilations, h[row].t(), skip_sum[row], steps[row], weights, conditioning, outside, buffers)
-            return skip_sum.transpose(1, 2)
+                bf16_row(dilations, h[row], skip_sum[row], steps[row], weights, conditioning, outside, buffers)
+            return skip_sum
         buffers = TileBuffers(skip_sum[0], max(dilations))
         for row in range(h.shape[0]):
             outside = None if mask is None or mask[row].all() else ~mask[row, :, None]
-            _tiled_row(dilations, h[row].t().contiguous(), skip_sum[row], steps[row],
+            _tiled_row(dilations, h[row], skip_sum[row], steps[row],
                        weights, None if cond is None else cond[row].transpose(1, 2), outside, buffers)
-    return skip_sum.transpose(1, 2)
+    return skip_sum
 
 
 def _tiled_row(dilations: list[int], h: Tensor, skip_sum: Tensor, steps: Tensor, weights: list[TileWeights],
                cond: Tensor | None, outside: Tensor | None, buffers: TileBuffers) -> None:
-    """One utterance: h [N, C] time-major, steps [L, C], cond [L, N, 2C], outside [N, 1] (True beyond the
-    utterance in a padded batch); writes skip_sum [N, C].
+    """One utterance: h [N, C] time-major (contiguous; overwritten), steps [L, C], cond [L, N, 2C], outside
+    [N, 1] (True beyond the utterance in a padded batch); writes skip_sum [N, C].
 
     Tiles whose halo lies inside the signal (and no mask) read h itself: conv(h + step) = conv(h) +
     sum_k W_k step there, so the step joins the bias. Only edge tiles build their conv input. The residual
@@ -384,7 +385,7 @@ class LayerWorkload:
         with torch.no_grad():
             if dtype not in self._conditioning:
                 self._conditioning[dtype] = time_major_conditioning(upsampled, self._layers, dtype, None)
-            tiled_layers(self._layers, h, steps, self._conditioning[dtype], None, dtype)
+            tiled_layers(self._layers, h.clone(), steps, self._conditioning[dtype], None, dtype)  # h is overwritten
 
     @torch.inference_mode(False)
     def _build(self) -> None:
@@ -395,6 +396,6 @@ class LayerWorkload:
         layer.output_projection = nn.Conv1d(channels, 2 * channels, 1)
         layer.dilation = 1
         self._layers = nn.ModuleList([layer])
-        self._inputs = (torch.randn(1, channels, BF16_TILE, generator=generator),
+        self._inputs = (torch.randn(1, BF16_TILE, channels, generator=generator),
                         torch.randn(1, 1, channels, generator=generator),
                         torch.randn(1, self.n_mels, BF16_TILE, generator=generator))
