@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from diffwave.model import DiffWave
-from diffwave.model.cpu_kernels import prepared_weights
+from diffwave.model import DiffWave, cpu_kernels
+from diffwave.model.cpu_kernels import LayerWorkload, bf16_engine_available, prepared_weights
 
 LAYERS = 10
 
@@ -42,6 +42,7 @@ def bf16_model(n_mels: int | None) -> tuple[DiffWave, torch.Tensor, torch.Tensor
     return model, x, t, cond
 
 
+@pytest.mark.skipif(not bf16_engine_available(), reason="oneDNN runs no bf16 convolution on this CPU")
 @pytest.mark.parametrize("n_mels", [6, None])
 def test_bf16_step_converts_at_most_once_per_layer_and_its_weights_once(n_mels: int | None) -> None:
     model, x, t, cond = bf16_model(n_mels)
@@ -57,7 +58,8 @@ def test_bf16_step_converts_at_most_once_per_layer_and_its_weights_once(n_mels: 
     assert sum(seen.calls.values()) <= LAYERS
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    not bf16_engine_available(), reason="oneDNN runs no bf16 convolution on this CPU"))])
 def test_aten_ops_per_layer_per_step(dtype: torch.dtype) -> None:
     """The profiler's count of the aten calls that pass over activations, per layer of one step (one tile): a
     budget that fails when a pass is added."""
@@ -70,10 +72,34 @@ def test_aten_ops_per_layer_per_step(dtype: torch.dtype) -> None:
             model(x, t, cond)
     counts = collections.Counter(event.key for event in profile.key_averages() for _ in range(event.count))
     heavy = {"aten::addmm", "aten::addmm_", "aten::mm", "aten::sigmoid_", "aten::addcmul", "aten::copy_",
-             "aten::add", "aten::add_", "aten::_to_copy", "aten::masked_fill_"}
+             "aten::add", "aten::add_", "aten::_to_copy", "aten::masked_fill_", "mkldnn::_convolution_pointwise_"}
     per_layer = sum(count for name, count in counts.items() if name in heavy) / LAYERS
-    # bf16: 3 im2col copies, conv GEMM, sigmoid, gate, output GEMM = 7, plus the step's own few ops.
-    # bf16 per layer: 3 im2col copies, the conv GEMM (whose addend, the conditioning, it copies into its output
-    # first), sigmoid, gate, output GEMM: 8, plus the step's own few ops over 10 layers (measured 12.4).
+    # bf16 per layer: the conditioning copied into the conv's output, the conv (reading the stream, adding in
+    # place), sigmoid, gate, the residual and skip GEMMs: 6, plus the step's own few ops over 10 layers
+    # (measured 10.4; 12.4 with an im2col copy and one conv GEMM).
     # fp32: three tap GEMMs, the step folded into the bias, two output GEMMs, edge tiles (measured 28.3).
-    assert per_layer <= (13 if dtype == torch.bfloat16 else 30), counts
+    assert per_layer <= (11 if dtype == torch.bfloat16 else 30), counts
+
+
+def test_without_onednn_bf16_cpu_bf16_takes_the_whole_signal_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where oneDNN runs no bf16 convolution (AVX2-only CPUs), bf16 under CPU autocast runs the whole-signal
+    loop (model/gated_layer.py) with its conditioning, and `auto`'s calibration times that path."""
+    monkeypatch.setattr(cpu_kernels, "bf16_engine_available", lambda: False)
+    model, x, t, _ = bf16_model(6)
+    torch.nn.init.normal_(model.output_projection.weight, std=0.1)  # zero at initialisation
+    mel = torch.randn(1, 6, 100)
+    with torch.inference_mode():
+        reference = model(x, t, mel=mel)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cond = model.condition(mel)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+                out = model(x, t, cond)
+    names = {event.key for event in profile.key_averages()}
+    assert "GatedLayer" in names and "mkldnn::_convolution_pointwise_" not in names  # not the engine
+    assert cond.shape == (1, LAYERS, 32, 100 * 16) and cond.is_contiguous()  # the stacked, channel-major form
+    assert 1e-4 < ((out.float() - reference).norm() / reference.norm()).item() < 2e-2  # bf16 ran
+    workload = LayerWorkload(8, n_mels=6)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        workload(torch.bfloat16)
+    names = {event.key for event in profile.key_averages()}
+    assert "GatedLayer" in names and "mkldnn::_convolution_pointwise_" not in names
