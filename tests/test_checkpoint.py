@@ -505,3 +505,10 @@ def test_export_with_changes_keeps_weights_and_step_and_refuses_a_bad_config(tin
     with pytest.raises(ConfigError, match="diffusion.init"):
         export_safetensors(first, tmp_path / "c.safetensors", changes={"diffusion": {"init": "bogus"}})
     assert not (tmp_path / "c.safetensors").exists()
+    # A safetensors file under another name is told by its content, as loading tells it: same weights, step.
+    renamed = tmp_path / "voice.bin"
+    renamed.write_bytes(first.read_bytes())
+    again = export_safetensors(renamed, tmp_path / "d.safetensors")
+    with safe_open(str(again), framework="pt") as file:
+        assert file.metadata()["step"] == "20"
+    assert all(torch.equal(weights[name], load_safetensors(again)[0][name]) for name in weights)

@@ -159,7 +159,8 @@ def test_crops_carry_their_whole_utterances_reference_energy(tiny_features):
         load_config("tiny", [*PRIORGRAD, "diffusion.prior_normalization=loudest"])
 
 
-def test_a_per_utterance_run_trains_and_vocodes_its_windows_as_slices_of_the_utterance(tiny_features, tmp_path):
+def test_a_per_utterance_run_trains_and_vocodes_its_windows_as_slices_of_the_utterance(tiny_features, tmp_path,
+                                                                                       monkeypatch):
     """A run with per-utterance normalisation stores it; its vocoder gives each window of a long mel the slice
     of the whole utterance's S (e_ref from the whole mel), which differs from the corpus-normalised S."""
     run = tmp_path / "run"
@@ -169,13 +170,24 @@ def test_a_per_utterance_run_trains_and_vocodes_its_windows_as_slices_of_the_utt
     vocoder = Vocoder.from_checkpoint(run / "checkpoints" / "step_00000002.pt", device="cpu")
     assert vocoder.prior.per_utterance
     mel = _mel(vocoder, 1.0) - 3.0  # about 26 dB below the corpus tone
-    whole = vocoder._noise_prior(vocoder.prior, [mel], [(0, mel.shape[-1])], mel.shape[-1] * 64)
+    reference = [vocoder.prior.reference(mel)]
+    whole = vocoder._noise_prior(vocoder.prior, [mel], [(0, mel.shape[-1])], reference, mel.shape[-1] * 64)
     for start, stop in ((0, 40), (88, 125)):
-        window = vocoder._noise_prior(vocoder.prior, [mel], [(start, stop)], (stop - start) * 64)
+        window = vocoder._noise_prior(vocoder.prior, [mel], [(start, stop)], reference, (stop - start) * 64)
         assert torch.equal(window[0], whole[0, start * 64:stop * 64])
     corpus = dataclasses.replace(vocoder.prior, per_utterance=False)
     assert (whole[0] - corpus.std(mel)).abs().max() > 0.1
-    assert torch.isfinite(vocoder.vocode(mel, generator=torch.Generator().manual_seed(0))).all()
+    # vocode reads e_ref once per utterance, from its whole mel, however many windows it runs.
+    measured = []
+    real_reference = type(vocoder.prior).reference
+
+    def recording_reference(prior, item: torch.Tensor) -> torch.Tensor:
+        measured.append(item.shape[-1])
+        return real_reference(prior, item)
+
+    monkeypatch.setattr(type(vocoder.prior), "reference", recording_reference)
+    audio = vocoder.vocode(mel, generator=torch.Generator().manual_seed(0), chunk_seconds=0.256, overlap_seconds=0.064)
+    assert torch.isfinite(audio).all() and measured == [mel.shape[-1]]
 
 
 # --- config -------------------------------------------------------------------------------------------
@@ -308,7 +320,7 @@ def test_vocoder_chain_under_the_prior_follows_the_step_formulas(sampler):
     assert (plan.sigmas[1:] > 0).all()  # the last step (onto the data) may be noise-free
     with torch.inference_mode():
         sampling = Sampling(plan, prior=vocoder.prior)
-        mine = vocoder._reverse_chain(sampling, [mel], [PositionalNoise(9)], [(0, frames)])[0].double()
+        mine = vocoder._reverse_chain(sampling, [mel], [PositionalNoise(9)], [(0, frames)], [None])[0].double()
         mean = model.mean_of(model.condition(mel.unsqueeze(0)))[0]
     draws = lambda i: PositionalNoise(9).fill(torch.empty(length), i, 0).double()  # noqa: E731
     expected = run_chain(plan, std * draws(len(plan)), draws, 0.2, mean, prior_std=std)
@@ -336,9 +348,9 @@ def test_chunked_vocoding_under_the_prior_equals_unchunked(priorgrad_vocoder):
     assert vocoder.model.reach * len(vocoder.plan()) < 4 * vocoder.hop_length
     mel = _mel(vocoder, 1.0)  # 125 frames -> 4 windows of 32 frames
     with torch.inference_mode():
-        whole = vocoder._noise_prior(vocoder.prior, [mel], [(0, mel.shape[-1])], mel.shape[-1] * 64)
+        whole = vocoder._noise_prior(vocoder.prior, [mel], [(0, mel.shape[-1])], [None], mel.shape[-1] * 64)
         for start, stop in ((0, 40), (24, 72), (88, 125)):
-            window = vocoder._noise_prior(vocoder.prior, [mel], [(start, stop)], (stop - start) * 64)
+            window = vocoder._noise_prior(vocoder.prior, [mel], [(start, stop)], [None], (stop - start) * 64)
             assert torch.equal(window[0], whole[0, start * 64:stop * 64])
     unchunked = vocoder.vocode(mel, generator=torch.Generator().manual_seed(6), chunk_seconds=None)
     chunked = vocoder.vocode(mel, generator=torch.Generator().manual_seed(6), chunk_seconds=0.256,

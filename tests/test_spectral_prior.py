@@ -144,7 +144,7 @@ def test_a_specgrad_run_trains_and_vocodes(tiny_features, tmp_path):
     tone = harmonic_tone(vocoder.sample_rate, 1.0, f0=180.0)
     mel = vocoder.mel(tone, vocoder.sample_rate)
     hop = vocoder.hop_length
-    shaper = vocoder._noise_prior(vocoder.prior, [mel], [(8, 40)], 32 * hop)
+    shaper = vocoder._noise_prior(vocoder.prior, [mel], [(8, 40)], [None], 32 * hop)
     torch.testing.assert_close(shaper.gain[0], vocoder.prior.gain(mel[:, 8:40]))
     unchunked = vocoder.vocode(mel, generator=torch.Generator().manual_seed(5), chunk_seconds=None)
     chunked = vocoder.vocode(mel, generator=torch.Generator().manual_seed(5), chunk_seconds=0.256,

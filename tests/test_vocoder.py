@@ -154,7 +154,7 @@ def test_reverse_chain_lands_where_the_step_formulas_put_it(sampler: str) -> Non
     plan = sampling.plan
     assert (plan.sigmas > 0).any() == (sampler == "fast")
     with torch.inference_mode():
-        mine = vocoder._reverse_chain(sampling, [mel], [PositionalNoise(9)], [(0, frames)])[0].double()
+        mine = vocoder._reverse_chain(sampling, [mel], [PositionalNoise(9)], [(0, frames)], [None])[0].double()
         mean = model.mean_of(model.condition(mel.unsqueeze(0)))[0]
     draws = positional_draws(9, length)
     expected = run_chain(plan, draws(len(plan)), draws, 0.2, mean)

@@ -12,8 +12,7 @@ import torch
 from torch import Tensor
 
 from diffwave.checkpoints import reference
-from diffwave.checkpoints.safe_load import ZIP_MAGIC, read_head
-from diffwave.checkpoints.safetensors_file import load_safetensors
+from diffwave.checkpoints.safetensors_file import is_safetensors, load_safetensors
 from diffwave.checkpoints.store import model_state
 from diffwave.config import Config, config_from_dict
 from diffwave.errors import CheckpointError
@@ -25,14 +24,11 @@ def load_model_weights(path: str | os.PathLike[str],
     """(weights, config dict) for inference from a training checkpoint (its EMA weights, or the raw ones with
     use_ema=False), a reference (lmnt-com/diffwave) checkpoint or model folder, or a .safetensors.
 
-    A `.safetensors` name always goes to `load_safetensors`, which names a torch checkpoint under that name
-    as "not a safetensors file" (torch itself would misread it as safetensors: "header too large"); other
-    names holding a JSON header after the 8-byte prefix are safetensors too; the rest is read as a torch
+    Safetensors (`is_safetensors`: by name or content) go to `load_safetensors`; the rest is read as a torch
     file, which is refused with the reason when it cannot be loaded.
     """
     path = reference.model_file(Path(path))
-    head = read_head(path, 9)
-    if path.suffix == ".safetensors" or (not head.startswith(ZIP_MAGIC) and head[8:9] == b"{"):
+    if is_safetensors(path):
         return load_safetensors(path)
     weights, config, _ = model_state(path, use_ema)
     return weights, config

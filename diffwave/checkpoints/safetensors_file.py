@@ -13,7 +13,7 @@ from torch import Tensor
 
 from diffwave.checkpoints import reference
 from diffwave.checkpoints.compatibility import current_keys
-from diffwave.checkpoints.safe_load import read_head, reason
+from diffwave.checkpoints.safe_load import ZIP_MAGIC, read_head, reason
 from diffwave.checkpoints.store import FORMAT_VERSION, model_state
 from diffwave.config import config_from_dict
 from diffwave.errors import CheckpointError
@@ -32,11 +32,11 @@ def export_safetensors(checkpoint_path: str | os.PathLike[str], out_path: str | 
     the result must still be a valid config, checked before anything is written. The output holds no pickle
     at all, so it is the format to share; `load_model_weights` reads it.
     """
-    path, out = Path(checkpoint_path), Path(out_path)
-    if path.suffix == ".safetensors":
+    path, out = reference.model_file(Path(checkpoint_path)), Path(out_path)
+    if is_safetensors(path):
         weights, config, step = _read(path)
     else:
-        weights, config, step = model_state(reference.model_file(path), use_ema)
+        weights, config, step = model_state(path, use_ema)
     if not out.parent.is_dir():
         raise CheckpointError(f"{out}: the output folder {out.parent} does not exist")
     for section, values in (changes or {}).items():
@@ -49,6 +49,14 @@ def export_safetensors(checkpoint_path: str | os.PathLike[str], out_path: str | 
     with atomic_write(out) as temp:
         save_file(tensors, str(temp), metadata=metadata)
     return out
+
+
+def is_safetensors(path: Path) -> bool:
+    """Whether the model file `path` is read as safetensors: a `.safetensors` name always is (so that a torch
+    checkpoint under that name is named as "not a safetensors file"; torch would misread it as safetensors:
+    "header too large"); another name is when it holds a JSON header after the 8-byte length prefix."""
+    head = read_head(path, 9)
+    return path.suffix == ".safetensors" or (not head.startswith(ZIP_MAGIC) and head[8:9] == b"{")
 
 
 def load_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:

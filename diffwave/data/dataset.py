@@ -257,11 +257,12 @@ def reference_energies(batch: Item, device: torch.device | str) -> Tensor | None
     return batch["reference_energy"].to(device, torch.float64) if "reference_energy" in batch else None
 
 
-def _split(folder: Path | str, config: Config, split: str) -> list[Utterance]:
-    utterances = read_manifest(folder, config.audio, split)
+def read_split(folder: Path | str, audio: AudioConfig, split: str,
+               hint: str = "preprocess more audio") -> list[Utterance]:
+    """The utterances of a feature folder's split; an empty split is refused, with `hint` on what to do."""
+    utterances = read_manifest(folder, audio, split)
     if not utterances:
-        raise DataError(f"{folder}: the '{split}' split has no utterances; preprocess more audio or choose "
-                        "another split")
+        raise DataError(f"{folder}: the '{split}' split has no utterances; {hint} or choose another split")
     return utterances
 
 
@@ -271,7 +272,7 @@ def crops_for_training(folder: Path | str, config: Config, split: str = "train",
 
     `seed` defaults to `config.train.seed`. Features made with other audio settings are refused.
     """
-    utterances = _split(folder, config, split)
+    utterances = read_split(folder, config.audio, split)
     seed = config.train.seed if seed is None else seed
     if config.model.conditional:
         return ConditionalCrops(utterances, config.audio, config.data.crop_frames, seed,
@@ -282,7 +283,7 @@ def crops_for_training(folder: Path | str, config: Config, split: str = "train",
 
 def crops_for_validation(folder: Path | str, config: Config, split: str = "valid") -> ValidationCrops:
     """Fixed validation crops of a feature folder, the same size and kind as the training crops."""
-    utterances = _split(folder, config, split)
+    utterances = read_split(folder, config.audio, split)
     if config.model.conditional:
         return ValidationCrops(utterances, config.data.crop_frames * config.audio.hop_length, config.audio,
                                with_reference_energy=needs_reference_energy(config))

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from diffwave.checkpoints import export_safetensors
-from diffwave.data.manifest import read_manifest
+from diffwave.data.dataset import read_split
 from diffwave.diffusion import NoiseSchedule
-from diffwave.errors import DataError, VocodeError
+from diffwave.errors import VocodeError
 from diffwave.evaluation.schedule_search import Candidate, search
 from diffwave.inference.vocoder import Vocoder
 
@@ -29,10 +29,9 @@ logger = logging.getLogger("diffwave.tune")
 def validation_clips(features: str | os.PathLike[str], vocoder: Vocoder, split: str = "valid", limit: int = 4,
                      seconds: float | None = 2.0) -> dict[str, Tensor]:
     """The first `limit` utterances (by id) of a feature folder's split as audio, each cropped to `seconds`."""
-    utterances = sorted(read_manifest(features, vocoder.config.audio, split), key=lambda utterance: utterance.id)
-    if not utterances:
-        raise DataError(f"{features}: the '{split}' split has no utterances to tune on; preprocess with a "
-                        "validation split (data.valid_fraction) or choose another --split")
+    utterances = sorted(read_split(features, vocoder.config.audio, split,
+                                   "preprocess with a validation split (data.valid_fraction)"),
+                        key=lambda utterance: utterance.id)
     crop = int(seconds * vocoder.sample_rate) if seconds else None
     return {utterance.id: torch.from_numpy(np.load(utterance.audio, allow_pickle=False))[:crop].float()
             for utterance in utterances[:limit]}

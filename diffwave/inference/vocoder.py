@@ -266,8 +266,12 @@ class Vocoder:
             starts = [self._griffin_lim_start(sampling.init, item, noise.seed)
                       for item, noise in zip(mels, noises, strict=True)]
 
+        # Each utterance's e_ref (per-utterance prior normalisation) from its whole mel, once, not per window.
+        references = [None if sampling.prior is None else sampling.prior.reference(item) for item in mels]
+
         def run(active: list[int], spans: list[tuple[int, int]]) -> Tensor:
             return self._reverse_chain(sampling, [mels[i] for i in active], [noises[i] for i in active], spans,
+                                       [references[i] for i in active],
                                        None if starts is None else [starts[i] for i in active])
 
         outputs = [output.clamp_(-1.0, 1.0)
@@ -286,9 +290,11 @@ class Vocoder:
         return estimate
 
     def _reverse_chain(self, sampling: Sampling, mels: list[Tensor], noises: list[PositionalNoise],
-                       spans: list[tuple[int, int]], starts: list[Tensor] | None = None) -> Tensor:
+                       spans: list[tuple[int, int]], references: list[Tensor | None],
+                       starts: list[Tensor] | None = None) -> Tensor:
         """Run the chain of `sampling` on one window of each utterance (all share the window's start); CPU [n, N].
-        `starts`: each utterance's whole Griffin-Lim estimate when the chain starts from one.
+        `references`: each utterance's e_ref (`MelPrior.reference` of its whole mel); `starts`: each utterance's
+        whole Griffin-Lim estimate when the chain starts from one.
 
         The chain stays in float32 whatever the model's precision (`sample` keeps x in its dtype)."""
         hop, plan = self.hop_length, sampling.plan
@@ -312,7 +318,7 @@ class Vocoder:
             with self._autocast(sampling.dtype):
                 return self.model(x, t, cond, mask)
 
-        prior_std = self._noise_prior(sampling.prior, mels, spans, width)
+        prior_std = self._noise_prior(sampling.prior, mels, spans, references, width)
         x_start = None if starts is None else self._noised_start(plan, starts, lengths, offset, draw, prior_std)
         x = sample(plan, eps_fn, (len(spans), width), device=self.device, noise_fn=draw, x_T=x_start,
                    prior_std=prior_std, mask=mask, corrector_steps=sampling.corrector.steps,
@@ -331,7 +337,7 @@ class Vocoder:
         return estimate.mul_(math.sqrt(alpha_bar)).add_(shape_noise(prior_std, noise), alpha=math.sqrt(1 - alpha_bar))
 
     def _noise_prior(self, prior: MelPrior | None, mels: list[Tensor], spans: list[tuple[int, int]],
-                     width: int) -> NoisePrior:
+                     references: list[Tensor | None], width: int) -> NoisePrior:
         """The noise law of each window from its own mel frames (and its whole utterance's reference energy).
         PriorGrad: [n, width] standard deviations (per frame, so a window's equal the slice of the whole
         utterance's), 1 in the padding, which the mask hides. SpecGrad: the windows' filters, the floor beyond
@@ -345,8 +351,8 @@ class Vocoder:
                                 prior.energy.floor, device=self.device)
         else:
             padded = torch.ones(len(mels), width, device=self.device)
-        for row, (mel, (start, stop)) in enumerate(zip(mels, spans, strict=True)):
-            window = (prior.gain if spectral else prior.std)(mel[:, start:stop], prior.reference(mel))
+        for row, (mel, (start, stop), reference) in enumerate(zip(mels, spans, references, strict=True)):
+            window = (prior.gain if spectral else prior.std)(mel[:, start:stop], reference)
             padded[row, ..., :window.shape[-1]] = window
         return SpectralShaper(padded, self.config.audio) if spectral else padded
 
