@@ -210,8 +210,8 @@ def time_major_conditioning(upsampled: Tensor, layers: nn.ModuleList, gemm_dtype
     ([B, L, N, 2C] in memory, returned as its [B, L, 2C, N] transposed view), so that each tile reads its
     conditioning as one block; into `out` when given (of that dtype and layout).
 
-    fp32: the projections themselves. bf16: the form `bf16_layers` adds to its conv GEMM, with each layer's
-    dilated-conv bias added and the filter half scaled by -2 (`gate_scale`): bf16 GEMMs.
+    fp32: the projections themselves. bf16: the form `bf16_row` starts each layer's conv output from, with each
+    layer's dilated-conv bias added and the filter half scaled by -2 (`gate_scale`): bf16 GEMMs.
     """
     batch, length = upsampled.shape[0], upsampled.shape[-1]
     projections = [layer.conditioner_projection for layer in layers]
