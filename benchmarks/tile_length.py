@@ -52,5 +52,6 @@ def main() -> None:
                 print(f"{name} {label}: {statistics.median(times) * 1e3:7.1f} ms", flush=True)
     cpu_kernels.INFERENCE_TILE = default
 
+
 if __name__ == "__main__":
     main()

@@ -394,15 +394,17 @@ class LayerWorkload:
         if self._layers is None:
             self._build()
         h, steps, upsampled = self._inputs
+        whole_signal = dtype != torch.float32 and not bf16_engine_available()
+        layer = self._layers[0]
         with torch.no_grad():
-            if dtype != torch.float32 and not bf16_engine_available():
-                layer = self._layers[0]
+            if dtype not in self._conditioning:
+                self._conditioning[dtype] = (layer.conditioner_projection(upsampled) if whole_signal else
+                                             time_major_conditioning(upsampled, self._layers, dtype, None))
+            if whole_signal:
                 with torch.autocast("cpu", dtype=dtype):
-                    gated_layer(h.transpose(1, 2), None, steps[:, 0], layer.conditioner_projection(upsampled), None,
+                    gated_layer(h.transpose(1, 2), None, steps[:, 0], self._conditioning[dtype], None,
                                 layer.dilated_conv, None, layer.output_projection)
                 return
-            if dtype not in self._conditioning:
-                self._conditioning[dtype] = time_major_conditioning(upsampled, self._layers, dtype, None)
             tiled_layers(self._layers, h.clone(), steps, self._conditioning[dtype], None, dtype)  # h is overwritten
 
     @torch.inference_mode(False)
