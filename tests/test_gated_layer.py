@@ -9,7 +9,7 @@ from torch import Tensor
 
 from diffwave.config import load_config
 from diffwave.errors import ConfigError
-from diffwave.model import DiffWave
+from diffwave.model import DiffWave, gated_layer
 
 SHAPE = dict(num_steps=10, residual_channels=4, residual_layers=4, dilation_cycle=3, hop_length=6)  # dilations 1 2 4 1
 
@@ -46,13 +46,17 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("matmuls", [True, False], ids=["taps as matmuls", "convolution"])
 @pytest.mark.parametrize("recomputed", [0, 2, 4])
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
 @pytest.mark.parametrize("case", CASES)
-def test_output_and_every_gradient_equal_the_plain_autograd_network(case: str, masked: bool,
-                                                                    recomputed: int) -> None:
+def test_output_and_every_gradient_equal_the_plain_autograd_network(case: str, masked: bool, recomputed: int,
+                                                                    matmuls: bool,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """In float64, so that any difference beyond rounding is a wrong formula; every parameter, the audio, the mel
-    or the conditioning all get the same gradient, whichever layers recompute their gate."""
+    or the conditioning all get the same gradient, whichever layers recompute their gate, with the dilated conv
+    as the CPU's matrix products or as the convolution other devices run."""
+    monkeypatch.setattr(gated_layer, "taps_as_matmuls", lambda padded: matmuls)
     n_mels, conditioning = CASES[case]
     model = model_with_live_output(n_mels, budget_mb(recomputed, (2, 30), torch.float64))
     assert model.recomputed_layers(torch.empty(2, 4, 30, dtype=torch.float64)) == recomputed
@@ -128,17 +132,19 @@ def saved_bytes(forward) -> int:
 @pytest.mark.parametrize("n_mels", [5, None])
 def test_each_layer_keeps_three_activations_or_one_when_it_recomputes(n_mels: int | None) -> None:
     """Plain autograd keeps 4 [B, C, N] tensors per layer (conv input, sigmoid, tanh, product); the fused layer
-    keeps 3 (conv input, sigmoid, tanh), and 1 (the conv input) in the layers that recompute their gate."""
+    keeps 3 (conv input, sigmoid, tanh), and 1 (the conv input) in the layers that recompute their gate. Its conv
+    input is kept with the dilation's zero columns on each side (the taps are slices of it)."""
     x, t, mel = torch.randn(2, 600), torch.tensor([1, 2]), torch.randn(2, 5, 100)
     conditioning = {"mel": mel} if n_mels else {}
     unit = x.numel() * SHAPE["residual_channels"] * x.element_size()
     layers = SHAPE["residual_layers"]
+    padding = sum(2 * 2 ** (i % SHAPE["dilation_cycle"]) for i in range(layers)) * 2 * SHAPE["residual_channels"] * 4
     plain_model = model_with_live_output(n_mels).float()
     plain = saved_bytes(lambda: plain_model.reference_forward(x, t, **conditioning))
     for recomputed in range(layers + 1):
         model = model_with_live_output(n_mels, budget_mb(recomputed, (2, 600), torch.float32)).float()
         fused = saved_bytes(lambda: model(x, t, **conditioning))  # noqa: B023 (called at once)
-        assert plain - fused == layers * unit + 2 * recomputed * unit
+        assert plain - fused == layers * unit + 2 * recomputed * unit - padding
 
 
 def test_the_default_budget_recomputes_only_what_base_at_batch_16_needs() -> None:
