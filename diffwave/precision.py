@@ -5,13 +5,15 @@
 - Inference (`resolve_dtype`): "auto" is fp32 off the CPU (half precision on a GPU is an explicit choice), and
   on the CPU bf16 only where it was *measured* faster on this machine: `calibrate` times one residual layer of
   the network's own shapes (a `Workload`, e.g. `model.cpu_kernels.LayerWorkload`) in fp32 and in bf16, a few
-  milliseconds once per process and shape, and bf16 must beat fp32 by `AUTO_MARGIN` (it costs fidelity, so a
+  milliseconds once per machine and shape, and bf16 must beat fp32 by `AUTO_MARGIN` (it costs fidelity, so a
   tie is fp32). One log line gives the choice and both timings. CPUs without bf16 matrix units (AMX,
   AVX512-BF16) emulate bf16 GEMMs and lose; CPUs with them win only as far as the kernels make them.
-  With `DIFFWAVE_PRECISION_CACHE=FILE` the measurements are also kept in that small JSON file, keyed by the
-  CPU model, torch version, thread count and shapes, so every later process on the machine reuses the first
-  one's (the same choice each time, however noisy a later measurement would be); a file that cannot be read
-  is measured over, with a warning, and never stops a run.
+  The measurements are also kept in a small per-machine JSON file (`cache_path`: ~/.cache/diffwave/
+  precision.json, or `DIFFWAVE_PRECISION_CACHE=FILE`; `=off` keeps none), keyed by the CPU model, torch
+  version, thread count and shapes, so every later process on the machine reuses the first one's: the same
+  choice each time, however loaded the machine is when a later process starts (a layer whose bf16 time is
+  near the margin would otherwise flip between processes). A file that cannot be read is measured over, and
+  one that cannot be written is skipped; neither stops a run.
 Only the network's GEMMs change precision; the reverse chain (`diffusion.sampling.sample`) stays fp32. Both
 policies run the network under `autocast`.
 """
@@ -67,7 +69,8 @@ def training_precision(precision: str, device: torch.device) -> str:
 def calibrate(workload: Workload, device: torch.device,
               timer: Callable[[], float] | None = None) -> dict[torch.dtype, float]:
     """Seconds of one `workload` call in fp32 and in bf16 (the best of `CALIBRATION_REPEATS`, the two
-    precisions interleaved so that a passing disturbance hits both), measured once per process and shape."""
+    precisions interleaved so that a passing disturbance hits both), measured once per shape in a process, and
+    read from the cache file where an earlier process kept it."""
     key, timer = (str(device), workload.key), timer or clock
     if key not in _calibrations and (cached := _read_cache(key)) is not None:
         _calibrations[key] = cached
@@ -108,28 +111,34 @@ def _cache_entries(path: Path) -> dict[str, dict[str, float]]:
             raise ValueError("not a JSON object")
         return entries
     except (OSError, ValueError) as error:
-        logger.warning("%s=%s: unreadable (%s); measuring again", CACHE_ENV, path, error)
+        logger.warning("precision cache %s: unreadable (%s); measuring again", path, error)
         return {}
 
 
-def _cache_path() -> Path | None:
-    """The calibration cache file, when DIFFWAVE_PRECISION_CACHE names one."""
-    return Path(os.environ[CACHE_ENV]) if os.environ.get(CACHE_ENV) else None
+def cache_path() -> Path | None:
+    """The calibration cache file: DIFFWAVE_PRECISION_CACHE's, "off" (or empty) for none, and by default
+    diffwave/precision.json in the user's cache folder (XDG_CACHE_HOME, else ~/.cache)."""
+    named = os.environ.get(CACHE_ENV)
+    if named is not None:
+        return None if named.strip().lower() in ("", "off") else Path(named).expanduser()
+    with contextlib.suppress(RuntimeError):  # no home folder to find
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffwave" / "precision.json"
+    return None
 
 
 def _read_cache(key: Hashable) -> dict[torch.dtype, float] | None:
-    if (path := _cache_path()) is None:
+    if (path := cache_path()) is None:
         return None
     entry = _cache_entries(path).get(_machine_key(key))
     try:
         return {DTYPES[name]: float(entry[name]) for name in ("fp32", "bf16")} if entry else None
     except (KeyError, TypeError, ValueError):
-        logger.warning("%s=%s: a malformed entry; measuring again", CACHE_ENV, path)
+        logger.warning("precision cache %s: a malformed entry; measuring again", path)
         return None
 
 
 def _write_cache(key: Hashable, seconds: dict[torch.dtype, float]) -> None:
-    if (path := _cache_path()) is None:
+    if (path := cache_path()) is None:
         return
     names = {dtype: name for name, dtype in DTYPES.items()}
     entries = _cache_entries(path) | {_machine_key(key): {names[d]: value for d, value in seconds.items()}}
@@ -137,8 +146,9 @@ def _write_cache(key: Hashable, seconds: dict[torch.dtype, float]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as temp:
             temp.write_text(json.dumps(entries, indent=1))
-    except OSError as error:
-        logger.warning("%s=%s: not written (%s)", CACHE_ENV, path, error)
+    except OSError as error:  # a read-only home only loses the reuse: a warning where the user named the file
+        logger.log(logging.WARNING if CACHE_ENV in os.environ else logging.DEBUG, "precision cache %s: not "
+                   "written (%s)", path, error)
 
 
 def auto_dtype(device: torch.device, workload: Workload | None,
@@ -150,7 +160,9 @@ def auto_dtype(device: torch.device, workload: Workload | None,
         return torch.float32, "fp32 (no network shapes to measure bf16 against)"
     seconds = calibrate(workload, device, timer)
     fp32, bf16 = seconds[torch.float32], seconds[torch.bfloat16]
-    timings = f"one residual layer: fp32 {fp32 * 1e3:.2f} ms, bf16 {bf16 * 1e3:.2f} ms, measured on this CPU"
+    path = cache_path()
+    kept = f"; kept in {path} ({CACHE_ENV}=off: measure in every process)" if path else ""
+    timings = f"one residual layer: fp32 {fp32 * 1e3:.2f} ms, bf16 {bf16 * 1e3:.2f} ms, measured on this CPU{kept}"
     if bf16 < AUTO_MARGIN * fp32:
         return torch.bfloat16, f"bf16, measured faster ({timings})"
     return torch.float32, f"fp32, bf16 is not measurably faster here ({timings})"

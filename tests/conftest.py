@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny synthetic corpus preprocessed into a feature folder, made once per session."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,10 @@ import pytest
 from diffwave.config import load_config
 from diffwave.data.preprocess import preprocess
 from tests.audio_fixtures import write_tone
+
+# Each test process measures `--dtype auto` itself, as the tests that drive it expect; the user's cache file is
+# neither read nor written (the CLI tests' subprocesses inherit this).
+os.environ["DIFFWAVE_PRECISION_CACHE"] = "off"
 
 
 def make_tone_corpus(root: Path, count: int, sample_rate: int, seconds: float = 0.5) -> Path:

@@ -118,8 +118,33 @@ def test_a_cache_file_keeps_the_calibration_for_later_processes(tmp_path, monkey
     assert measured.calls and len(json.loads(cache.read_text())) == 1  # rewritten from this measurement
 
 
-def test_without_the_cache_variable_nothing_is_written(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_by_default_the_cache_is_the_users_and_off_keeps_none(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the variable the file lies in the user's cache folder, so that every process on a machine makes
+    the first one's choice; "off" measures in every process and writes nothing."""
     monkeypatch.delenv(precision.CACHE_ENV, raising=False)
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     calibrate(CountingWorkload("a"), torch.device("cpu"), fake_timer(2e-3, 1e-3))
-    assert list(tmp_path.iterdir()) == []
+    assert precision.cache_path() == tmp_path / "xdg" / "diffwave" / "precision.json"
+    assert list(json.loads(precision.cache_path().read_text()).values()) == [{"fp32": 2e-3, "bf16": 1e-3}]
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert precision.cache_path() == tmp_path / "home" / ".cache" / "diffwave" / "precision.json"
+    for off in ("off", ""):
+        monkeypatch.setenv(precision.CACHE_ENV, off)
+        monkeypatch.setattr(precision, "_calibrations", {})
+        monkeypatch.chdir(tmp_path)
+        measured = CountingWorkload("a")
+        calibrate(measured, torch.device("cpu"), fake_timer(3e-3, 1e-3))
+        assert precision.cache_path() is None and measured.calls
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["xdg"]
+
+
+def test_a_cache_that_cannot_be_written_does_not_stop_the_choice(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv(precision.CACHE_ENV, str(blocker / "precision.json"))  # its folder is a file
+    with caplog.at_level("WARNING", logger="diffwave.precision"):
+        dtype, why = precision.auto_dtype(torch.device("cpu"), CountingWorkload("a"), fake_timer(2e-3, 1e-3))
+    assert dtype is torch.bfloat16 and "measured faster" in why
+    assert "not written" in caplog.text and str(blocker) in caplog.text

@@ -54,9 +54,10 @@ def test_vocodes_mels_and_audio_into_wavs(tiny_checkpoint, inputs, tmp_path):
 
 
 def test_same_seed_same_bytes(tiny_checkpoint, inputs, tmp_path):
-    """Two processes, one seed: the same bytes. The precision is named: `auto` measures it per process, and on a
-    CPU where the tiny model's layer times alike in fp32 and bf16 (about 0.8 of each other here, against the
-    0.9 margin) two processes may choose differently; DIFFWAVE_PRECISION_CACHE makes users' choice stick."""
+    """Two processes, one seed: the same bytes. The precision is named: the tests measure `auto` in each process
+    (DIFFWAVE_PRECISION_CACHE=off, conftest.py), and on a CPU where the tiny model's layer times alike in fp32
+    and bf16 (about 0.8 of each other here, against the 0.9 margin) two processes may choose differently; users'
+    processes share the first one's choice through the cache file."""
     digests = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
