@@ -17,7 +17,10 @@ weights), through `Vocoder.vocode`, the path users call:
   lower precision's SNR against fp32 on the same noise (fidelity), both run as one window.
   bf16 on a CPU without bf16 matrix units (no AMX, no AVX512-BF16) is emulated, hence slower than fp32;
   `--dtype auto` measures which is faster on the machine it runs on (diffwave/precision.py).
-- peak = the best of several square matmuls of size 2048 in that precision on the same device and threads.
+- peak = the best of several square matmuls of size 2048 in that precision on the same device and threads,
+  measured just before and just after each RTF timing (the higher of the two): a CPU's clock moves with its
+  neighbours' load (one run measured 370-381 GFLOP/s, one a few minutes later 428-432), so a peak measured
+  once at the start of the run does not describe a timing made minutes later.
 - cached vs per-step conditioning: the same fast-sampler loop with `model.condition(mel)` recomputed at
   every step, as the reference implementation does, for BASE. Both sides allocate their conditioning
   afresh (as a one-off caller would), so the ratio is the recomputation (upsampler + projections) plus the
@@ -28,8 +31,8 @@ weights), through `Vocoder.vocode`, the path users call:
   one child process per length, with `ddim` at 1 step so that 10 minutes take a few minutes on a CPU. The
   step count does not change the peak: every step of a window reuses the same tensors (x, the window's
   conditioning, the forward's scratch), and windows run one after another, so more steps repeat the same
-  allocations rather than add to them. The peak is the process's high-water mark (ru_maxrss; on CUDA, the
-  device's max_memory_allocated is printed too).
+  allocations rather than add to them. The peak is the process's high-water mark (`peak_resident_mib`: VmHWM on
+  Linux; on CUDA, the device's max_memory_allocated is printed too).
 The ddpm rows use a 1-second clip (RTF is per second of audio; the full chain is long on a CPU).
 """
 
@@ -92,6 +95,14 @@ def vocode_rtf(vocoder: Vocoder, seconds: float, sampler: str, **options) -> tup
     audio = [vocode_fixed(vocoder, seconds, sampler, **options)]  # warm-up
     elapsed = timed(lambda: audio.append(vocode_fixed(vocoder, seconds, sampler, **options)), vocoder.device)
     return elapsed / (audio[-1].numel() / vocoder.sample_rate), audio[-1]
+
+
+def rtf_and_peak(vocoder: Vocoder, seconds: float, sampler: str) -> tuple[float, float]:
+    """(RTF of `vocode_rtf`, the matmul peak in the vocoder's precision measured just before and just after it,
+    the higher of the two)."""
+    before = matmul_peak_gflops(vocoder.device, vocoder.dtype)
+    rtf = vocode_rtf(vocoder, seconds, sampler)[0]
+    return rtf, max(before, matmul_peak_gflops(vocoder.device, vocoder.dtype))
 
 
 def snr_db(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -186,11 +197,10 @@ def main() -> None:
         print(json.dumps(peak_memory("base", float(seconds), device, DTYPES[dtype])))
         return
     names = (args.dtypes or ("fp32,bf16,fp16" if device.type == "cuda" else "fp32,bf16")).split(",")
-    peaks = {name: matmul_peak_gflops(device, DTYPES[name]) for name in names}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"inference speed on {where}; measured matmul peak " + ", ".join(f"{n} {p:.1f}" for n, p in peaks.items())
-          + " GFLOP/s")
-    columns = "".join(f" {n + ' RTF':>9} {'% peak':>7}" for n in names)
+    print(f"inference speed on {where}; % peak: of the matmul peak measured around each timing (GFLOP/s in "
+          "brackets)")
+    columns = "".join(f" {n + ' RTF':>9} {'% peak':>14}" for n in names)
     fidelity = "".join(f" {n + ' SNR dB':>11}" for n in names if n != "fp32")
     print(f"{'model':>6} {'sampler':>8} {'steps':>5} {'audio s':>7}{columns}{fidelity}")
     for model in args.models.split(","):
@@ -200,11 +210,11 @@ def main() -> None:
             seconds = 1.0 if sampler == "ddpm" else args.seconds
             steps = {"fast": len(config.diffusion.fast_schedule), "ddpm": config.diffusion.num_steps,
                      "ddim": min(DDIM_DEFAULT_STEPS, config.diffusion.num_steps)}[sampler]
-            results = {name: vocode_rtf(vocoder, seconds, sampler) for name, vocoder in vocoders.items()}
+            results = {name: rtf_and_peak(vocoder, seconds, sampler) for name, vocoder in vocoders.items()}
             row = f"{model:>6} {sampler:>8} {steps:5d} {seconds:7.1f}"
-            for name, (rtf, _) in results.items():
+            for rtf, peak in results.values():
                 gflops = flops_per_sample_step(config) * config.audio.sample_rate * steps / rtf / 1e9
-                row += f" {rtf:9.3f} {100 * gflops / peaks[name]:6.1f}%"
+                row += f" {rtf:9.3f} {100 * gflops / peak:6.1f}% ({peak:4.0f})"
             if "fp32" in results:  # one window each: the default windows grow as the dtype narrows
                 whole = {name: vocode_fixed(vocoder, seconds, sampler, chunk_seconds=None)
                          for name, vocoder in vocoders.items()}

@@ -194,19 +194,24 @@ def test_mask_makes_padded_batch_match_lone_utterances() -> None:
         model(x, t, cond, mask.float())
 
 
+@pytest.mark.parametrize("tile", [4096, 256], ids=["default-tile", "tile-narrower-than-dilation"])
 @pytest.mark.parametrize("n_mels", [6, None])
 @pytest.mark.parametrize("frames", [(2 * 4096 + 900) // 16, 20, 200], ids=["tiles", "shorter-than-dilation",
                                                                          "one-tile"])
-def test_tiled_inference_forward_equals_the_whole_signal_forward(n_mels: int | None, frames: int) -> None:
-    """CPU inference runs tile by tile, time-major, with halos; wide dilations (512) cross several tiles.
+def test_tiled_inference_forward_equals_the_whole_signal_forward(n_mels: int | None, frames: int, tile: int,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU inference runs tile by tile, time-major, with halos, updating the residual stream in place one tile
+    behind; a layer whose dilation is wider than the tile length (512 > 256) takes tiles of its dilation.
 
     Row 0 is unmasked (its inner tiles read the residual stream directly), row 1 is masked (every tile builds
     its conv input), and the signal ends mid-tile; short signals (320 samples < the 512 dilation, and less
     than one tile) take only edge tiles.
     """
-    from diffwave.model.cpu_kernels import INFERENCE_TILE
+    from diffwave.model import cpu_kernels
 
-    assert INFERENCE_TILE == 4096
+    assert cpu_kernels.INFERENCE_TILE == 4096
+    monkeypatch.setattr(cpu_kernels, "INFERENCE_TILE", tile)
+    assert [cpu_kernels.tile_length(d) for d in (1, 256, 512)] == [tile, tile, max(tile, 512)]
     torch.manual_seed(0)
     model = DiffWave(num_steps=50, residual_channels=4, residual_layers=10, dilation_cycle=10, n_mels=n_mels,
                      hop_length=16)
