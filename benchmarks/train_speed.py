@@ -2,7 +2,7 @@
 
     python benchmarks/train_speed.py [--config base] [--batch-size 4] [--frames 62] [--steps 5]
                                      [--precisions fp32,bf16] [--activation-memory-mb 3900,null] [--reference-src DIR]
-                                     [--profile]
+                                     [--dilated-conv matmuls,convolution] [--profile]
 
 Builds a small synthetic corpus in a temp folder, preprocesses it with the config's front-end, then times
 `Trainer.fit` (data loading, forward, backward, optimizer, EMA) after one warm-up step, up to the end of its
@@ -20,6 +20,9 @@ e.g. `fp32 3900`, `fp32 null`, the latter never recomputing):
 --reference-src DIR (the `src` folder of a checkout of lmnt-com/diffwave, outside this project) also times the
 reference implementation's training step at the same shapes in a fresh process, and prints the ratio.
 --profile prints the share of each phase of a step (data, draws, forward, backward, optimizer, EMA, logging).
+--dilated-conv times the layers' dilated convolution both ways on this CPU, a row each: as matrix products on
+shifted slices of the padded input (what a CPU runs, `model.gated_layer.taps_as_matmuls`) and as torch's
+convolution (what other devices run), so that the choice can be checked on any CPU.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from common import matmul_peak_gflops, run_child, synchronize
 
 from diffwave.config import Config, load_config
 from diffwave.data.preprocess import preprocess
+from diffwave.model import gated_layer
 from diffwave.precision import DTYPES
 from diffwave.training.distributed import init_distributed
 from diffwave.training.trainer import Trainer
@@ -86,6 +90,8 @@ def time_precision(args: argparse.Namespace, features: Path, work: Path, precisi
                    memory: str | None) -> dict[str, float]:
     """Runs in its own process (see `main`): warm-up step, then `args.steps` timed (or profiled) steps."""
     device = torch.device(args.device)
+    if args.dilated_conv:  # one engine in this child
+        gated_layer.taps_as_matmuls = lambda padded: args.dilated_conv == "matmuls"
     config = load_config(args.config, [*settings(args, precision, memory), "train.max_steps=1"])
     trainer = Trainer.from_config(config, features, work / f"run-{precision}-{memory}",
                                   init_distributed(str(device)))
@@ -172,6 +178,8 @@ def main() -> None:
                                                        "each (default: the config's)")
     parser.add_argument("--reference-src", help="lmnt-com/diffwave's src folder, to time it side by side")
     parser.add_argument("--profile", action="store_true", help="print each phase's share of a step")
+    parser.add_argument("--dilated-conv", help="comma-separated: matmuls, convolution (a row each; default: the "
+                                               "device's own)")
     parser.add_argument("--one", nargs=3, metavar=("PRECISION", "MEMORY", "WORK"),
                         help=argparse.SUPPRESS)  # child process; MEMORY "-": the config's
     args = parser.parse_args()
@@ -196,22 +204,24 @@ def main() -> None:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else threads
         print(f"train speed: config {args.config}, batch {args.batch_size} x {args.frames} frames, {args.steps} timed "
               f"steps, device {name}")
-        print(f"{'precision':>10} {'samples/s':>10} {'GFLOP/s':>8} {'of peak':>8} {'peak MiB':>9}")
+        print(f"{'precision':>16} {'samples/s':>10} {'GFLOP/s':>8} {'of peak':>8} {'peak MiB':>9}")
         rows = {}
         memories = args.activation_memory_mb.split(",") if args.activation_memory_mb else ["-"]
-        for precision, memory in itertools.product(precisions, memories):
-            label = precision if memory == "-" else f"{precision} {memory}"
-            child = [sys.executable, __file__, *sys.argv[1:], "--one", precision, memory, str(work)]
+        engines = args.dilated_conv.split(",") if args.dilated_conv else [None]
+        for precision, memory, engine in itertools.product(precisions, memories, engines):
+            label = " ".join(part for part in (precision, None if memory == "-" else memory, engine) if part)
+            options = [*sys.argv[1:], *(["--dilated-conv", engine] if engine else [])]
+            child = [sys.executable, __file__, *options, "--one", precision, memory, str(work)]
             output = run_child(child, f"the {label} training child")
             rows[label] = row = json.loads(output.strip().splitlines()[-1])
-            print(f"{label:>10} {row['samples_per_s']:10.0f} {row['gflops']:8.1f} "
+            print(f"{label:>16} {row['samples_per_s']:10.0f} {row['gflops']:8.1f} "
                   f"{row['gflops'] / row['peak_gflops']:8.1%} {row['peak_mb']:9.0f}", flush=True)
             for phase in PHASES:
                 if f"phase {phase}" in row:
-                    print(f"{'':>10}   {phase:<24} {row[f'phase {phase}']:6.1%} of the step time")
+                    print(f"{'':>16}   {phase:<24} {row[f'phase {phase}']:6.1%} of the step time")
         if args.reference_src:
             reference = time_reference(args)
-            print(f"{'reference':>10} {reference['samples_per_s']:10.0f} {'':>8} {'':>8} {reference['peak_mb']:9.0f}")
+            print(f"{'reference':>16} {reference['samples_per_s']:10.0f} {'':>8} {'':>8} {reference['peak_mb']:9.0f}")
             for label, row in rows.items():
                 print(f"{label} / reference: {row['samples_per_s'] / reference['samples_per_s']:.2f}x samples/s")
 
