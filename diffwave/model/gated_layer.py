@@ -56,10 +56,10 @@ def _taps(padded: Tensor, dilation: int) -> list[Tensor]:
 
 
 def taps_as_matmuls(padded: Tensor) -> bool:
-    """On a CPU the dilated conv runs as three matrix products on column slices of its padded input: for BASE at
-    4 x 62 frames, 2 threads, on an AMX Xeon its forward took 11 ms against oneDNN's 12-29 ms, its backward
-    25-29 ms against 33-58 ms in fp32, and in bf16 6-7 ms against 32-41 ms forward, 21 ms against 18-21 ms
-    backward. On a GPU cuDNN's convolution runs."""
+    """On a CPU the dilated conv runs as three matrix products on column slices of its padded input, which the
+    BLAS runs nearer its peak than oneDNN runs the convolution at these shapes (README, Measured speed;
+    `benchmarks/train_speed.py --dilated-conv` times both). On a GPU cuDNN's convolution runs. Fixed per device,
+    not timed per run, so that every process of a run, and a resumed run, computes the same."""
     return padded.device.type == "cpu"
 
 
