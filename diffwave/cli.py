@@ -185,8 +185,9 @@ def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
                              "which removes the network's noise floor in quiet bands")
     _add_device_argument(parser)
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                        help="auto (default): bf16 on CPUs with bf16 matrix units (AMX, AVX512-BF16), else fp32; "
-                             "the log says which and why. fp16 needs CUDA")
+                        help="auto (default): bf16 on a CPU where it measured faster than fp32 (once per "
+                             "machine, kept in ~/.cache/diffwave/precision.json; DIFFWAVE_PRECISION_CACHE=off "
+                             "measures in every process), else fp32; the log says which and why. fp16 needs CUDA")
     parser.add_argument("--batch-size", type=int, default=1, help="mels vocoded together (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     parser.add_argument("--force", action="store_true", help="replace existing output files")
