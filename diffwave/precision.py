@@ -12,8 +12,9 @@
   precision.json, or `DIFFWAVE_PRECISION_CACHE=FILE`; `=off` keeps none), keyed by the CPU model, torch
   version, thread count and shapes, so every later process on the machine reuses the first one's: the same
   choice each time, however loaded the machine is when a later process starts (a layer whose bf16 time is
-  near the margin would otherwise flip between processes). A file that cannot be read is measured over, and
-  one that cannot be written is skipped; neither stops a run.
+  near the margin would otherwise flip between processes). Only a measurement made on a quiet machine is kept
+  (`machine_busy`): one made beside other work can be off by 5x and would stick. A file that cannot be read is
+  measured over, and one that cannot be written is skipped; neither stops a run.
 Only the network's GEMMs change precision; the reverse chain (`diffusion.sampling.sample`) stays fp32. Both
 policies run the network under `autocast`.
 """
@@ -43,6 +44,7 @@ AUTO_MARGIN = 0.9  # bf16 is picked only at under 90% of fp32's time
 CALIBRATION_REPEATS = 3  # best of, per precision, after one warm-up call each
 CACHE_ENV = "DIFFWAVE_PRECISION_CACHE"  # optional per-machine file of calibrations
 clock = time.perf_counter  # what `calibrate` reads (tests give it a fake one)
+load_average = os.getloadavg  # what `machine_busy` reads (tests give it a fake one)
 
 
 class Workload(Protocol):
@@ -54,6 +56,7 @@ class Workload(Protocol):
 
 
 _calibrations: dict[Hashable, dict[torch.dtype, float]] = {}  # per process: (device, workload key) -> seconds
+_provenance: dict[Hashable, str] = {}  # per process: where each calibration came from or went, for the log
 
 
 def training_precision(precision: str, device: torch.device) -> str:
@@ -73,7 +76,7 @@ def calibrate(workload: Workload, device: torch.device,
     read from the cache file where an earlier process kept it."""
     key, timer = (str(device), workload.key), timer or clock
     if key not in _calibrations and (cached := _read_cache(key)) is not None:
-        _calibrations[key] = cached
+        _calibrations[key], _provenance[key] = cached, f" by an earlier process, read from {cache_path()}"
     if key not in _calibrations:
         dtypes = (torch.float32, torch.bfloat16)
         best = dict.fromkeys(dtypes, float("inf"))
@@ -86,8 +89,19 @@ def calibrate(workload: Workload, device: torch.device,
                     workload(dtype)
                     best[dtype] = min(best[dtype], timer() - start)
         _calibrations[key] = best
-        _write_cache(key, best)
+        _provenance[key] = _write_cache(key, best)
     return _calibrations[key]
+
+
+def machine_busy() -> str | None:
+    """Why a measurement made now should not be kept, or None: other runnable work (the 1-minute load average)
+    beyond the CPUs this process leaves free contends with its threads."""
+    with contextlib.suppress(OSError, AttributeError):
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        load = load_average()[0]
+        if load > max(0, cpus - torch.get_num_threads()) + 0.5:
+            return f"load {load:.2f} on {cpus} CPUs"
+    return None
 
 
 def cpu_model() -> str:
@@ -137,9 +151,13 @@ def _read_cache(key: Hashable) -> dict[torch.dtype, float] | None:
         return None
 
 
-def _write_cache(key: Hashable, seconds: dict[torch.dtype, float]) -> None:
+def _write_cache(key: Hashable, seconds: dict[torch.dtype, float]) -> str:
+    """Keeps a fresh measurement in the cache file where there is one and the machine was quiet; says which, as
+    the end of `auto_dtype`'s log line."""
     if (path := cache_path()) is None:
-        return
+        return ""
+    if busy := machine_busy():
+        return f"; not kept in {path}: the machine was busy ({busy}), so the next process measures again"
     names = {dtype: name for name, dtype in DTYPES.items()}
     entries = _cache_entries(path) | {_machine_key(key): {names[d]: value for d, value in seconds.items()}}
     try:
@@ -149,6 +167,8 @@ def _write_cache(key: Hashable, seconds: dict[torch.dtype, float]) -> None:
     except OSError as error:  # a read-only home only loses the reuse: a warning where the user named the file
         logger.log(logging.WARNING if CACHE_ENV in os.environ else logging.DEBUG, "precision cache %s: not "
                    "written (%s)", path, error)
+        return f"; not kept: {path} could not be written"
+    return f"; kept in {path} for later processes ({CACHE_ENV}=off: measure in every process)"
 
 
 def auto_dtype(device: torch.device, workload: Workload | None,
@@ -160,9 +180,8 @@ def auto_dtype(device: torch.device, workload: Workload | None,
         return torch.float32, "fp32 (no network shapes to measure bf16 against)"
     seconds = calibrate(workload, device, timer)
     fp32, bf16 = seconds[torch.float32], seconds[torch.bfloat16]
-    path = cache_path()
-    kept = f"; kept in {path} ({CACHE_ENV}=off: measure in every process)" if path else ""
-    timings = f"one residual layer: fp32 {fp32 * 1e3:.2f} ms, bf16 {bf16 * 1e3:.2f} ms, measured on this CPU{kept}"
+    where = _provenance.get((str(device), workload.key), "")
+    timings = f"one residual layer: fp32 {fp32 * 1e3:.2f} ms, bf16 {bf16 * 1e3:.2f} ms, measured on this CPU{where}"
     if bf16 < AUTO_MARGIN * fp32:
         return torch.bfloat16, f"bf16, measured faster ({timings})"
     return torch.float32, f"fp32, bf16 is not measurably faster here ({timings})"

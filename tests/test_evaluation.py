@@ -56,7 +56,8 @@ def test_ljspeech_recipe_runs_every_stage(tmp_path):
                str(tmp_path / "exp"), "--config", "tiny", "--jobs", "1", "data.test_fraction=0.2",
                "train.max_steps=4", "train.save_every=4", "train.sample_every=100", "train.valid_every=100"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                            env={"DIFFWAVE": f"{sys.executable} -m diffwave", "PATH": "/usr/bin:/bin"})
+                            env={"DIFFWAVE": f"{sys.executable} -m diffwave", "PATH": "/usr/bin:/bin",
+                                 "DIFFWAVE_PRECISION_CACHE": "off"})  # not the user's cache (conftest.py)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "warning: LJSpeech-1.1 has 13100 clips, found 8" in result.stderr
     summary = (tmp_path / "exp" / "summary.tsv").read_text().splitlines()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 
 import pytest
 import torch
@@ -38,7 +39,10 @@ def fake_timer(fp32_seconds: float, bf16_seconds: float):
 
 @pytest.fixture(autouse=True)
 def fresh_calibrations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh process on a quiet machine (the suite's own load must not decide what these tests see)."""
     monkeypatch.setattr(precision, "_calibrations", {})
+    monkeypatch.setattr(precision, "_provenance", {})
+    monkeypatch.setattr(precision, "load_average", lambda: (0.0, 0.0, 0.0))
 
 
 def test_names_and_explicit_dtypes() -> None:
@@ -137,6 +141,27 @@ def test_by_default_the_cache_is_the_users_and_off_keeps_none(tmp_path, monkeypa
         calibrate(measured, torch.device("cpu"), fake_timer(3e-3, 1e-3))
         assert precision.cache_path() is None and measured.calls
         assert sorted(p.name for p in tmp_path.iterdir()) == ["xdg"]
+
+
+def test_a_measurement_made_on_a_busy_machine_is_used_but_not_kept(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Beside other work a measurement can be far off; kept, it would decide every later process. Other runnable
+    work beyond the CPUs this process leaves free makes the machine busy."""
+    cache = tmp_path / "precision.json"
+    monkeypatch.setenv(precision.CACHE_ENV, str(cache))
+    cpus = len(os.sched_getaffinity(0))
+    free = max(0, cpus - torch.get_num_threads())
+    monkeypatch.setattr(precision, "load_average", lambda: (free + 1.5, 0.0, 0.0))
+    assert precision.machine_busy() == f"load {free + 1.5:.2f} on {cpus} CPUs"
+    dtype, why = precision.auto_dtype(torch.device("cpu"), CountingWorkload("a"), fake_timer(2e-3, 1e-3))
+    assert dtype is torch.bfloat16 and "machine was busy" in why and not cache.exists()
+    monkeypatch.setattr(precision, "load_average", lambda: (free + 0.25, 0.0, 0.0))
+    assert precision.machine_busy() is None
+    monkeypatch.setattr(precision, "_calibrations", {})
+    assert "kept in" in precision.auto_dtype(torch.device("cpu"), CountingWorkload("a"), fake_timer(2e-3, 1e-3))[1]
+    monkeypatch.setattr(precision, "_calibrations", {})  # a later process reads it, and says so
+    assert f"by an earlier process, read from {cache}" in precision.auto_dtype(
+        torch.device("cpu"), CountingWorkload("a"), fake_timer(1.0, 1.0))[1]
 
 
 def test_a_cache_that_cannot_be_written_does_not_stop_the_choice(tmp_path, monkeypatch: pytest.MonkeyPatch,
