@@ -142,6 +142,26 @@ def _add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
 
 
+def _add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", default="auto",
+                        help="CPU threads: a count, or auto (default): OMP_NUM_THREADS where set, else the count, "
+                             "among all cores and halves of them, at which one network layer ran fastest just "
+                             "now (beside other busy processes, fewer threads are much faster); the log says which")
+
+
+def _use_threads(args: argparse.Namespace) -> None:
+    """--threads, before anything else is measured: the CPU engines time a BASE-width layer (a contended core
+    slows every width alike); on a GPU, "auto" changes nothing."""
+    import torch
+
+    from diffwave.model.cpu_kernels import LayerWorkload
+    from diffwave.threads import choose_threads
+
+    on_gpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if args.threads != "auto" or not on_gpu:
+        choose_threads(args.threads, LayerWorkload(PRESETS["base"]().model.residual_channels))
+
+
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """The sampling options of vocode and generate (SamplingOptions' fields): the registry's samplers, their steps
     or schedule, and the corrector."""
@@ -184,6 +204,7 @@ def _add_vocode_arguments(parser: argparse.ArgumentParser) -> None:
                              "envelope: rescale each STFT band and frame toward the mel (16 passes, phase kept), "
                              "which removes the network's noise floor in quiet bands")
     _add_device_argument(parser)
+    _add_threads_argument(parser)
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="auto (default): bf16 on a CPU where it measured faster than fp32 (once per "
                              "machine, kept in ~/.cache/diffwave/precision.json; DIFFWAVE_PRECISION_CACHE=off "
@@ -206,6 +227,7 @@ def _vocode_command(args: argparse.Namespace) -> int | None:
     from diffwave.inference.files import vocode_files
     from diffwave.inference.vocoder import Vocoder
 
+    _use_threads(args)
     dtype = args.dtype  # the vocoder resolves the names, "auto" included
     if args.checkpoint is None:
         from diffwave import pretrained
@@ -255,6 +277,7 @@ def _generate_command(args: argparse.Namespace) -> None:
     from diffwave.checkpoints import load_unconditional
     from diffwave.inference.files import generate_files
 
+    _use_threads(args)
     model, config = load_unconditional(args.checkpoint, device=args.device)
     summary = generate_files(model, config, args.n, args.seconds, args.out, _sampling_options(args), seed=args.seed,
                              batch_size=args.batch_size, force=args.force)
@@ -265,6 +288,7 @@ def _denoise_command(args: argparse.Namespace) -> int | None:
     from diffwave.inference.denoise import load_denoiser
     from diffwave.inference.files import denoise_files
 
+    _use_threads(args)
     model, config = load_denoiser(args.checkpoint, args.device)
     summary = denoise_files(model, config, args.inputs, args.out, t_start=args.t_start, sdedit=args.sdedit,
                             seed=args.seed, force=args.force, target_rms=args.target_rms)
@@ -392,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-o", "--out", required=True, help=_OUT_HELP)
     _add_sampling_arguments(gen)
     _add_device_argument(gen)
+    _add_threads_argument(gen)
     gen.add_argument("--batch-size", type=int, default=8)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--force", action="store_true", help="replace existing output files")
@@ -413,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="level the input is normalised to (default: the level the model was trained at, "
                           f"data.target_rms, or {DEFAULT_TARGET_RMS} for a model trained without one)")
     _add_device_argument(den)
+    _add_threads_argument(den)
     den.add_argument("--seed", type=int, default=0)
     den.add_argument("--force", action="store_true", help="replace existing output files")
     den.set_defaults(handler=_denoise_command)

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from diffwave.config import load_config
 from diffwave.data.preprocess import preprocess
@@ -12,6 +13,9 @@ from tests.audio_fixtures import write_tone
 # Each test process measures `--dtype auto` itself, as the tests that drive it expect; the user's cache file is
 # neither read nor written (the CLI tests' subprocesses inherit this).
 os.environ["DIFFWAVE_PRECISION_CACHE"] = "off"
+# The CLI's `--threads auto` keeps a count the user set: the suite runs every command at torch's own count, in
+# this process and in the subprocesses, rather than at one measured under the suite's own load.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 def make_tone_corpus(root: Path, count: int, sample_rate: int, seconds: float = 0.5) -> Path:

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"diffwave.checkpoints", "diffwave.evaluation", "diffwave.pretrained"},
     {"diffwave.model", "diffwave.data", "diffwave.audio"},
     {"diffwave.diffusion", "diffwave.config", "diffwave.errors", "diffwave.fileio", "diffwave.precision",
-     "diffwave._torch_version"},
+     "diffwave.threads", "diffwave._torch_version"},
 ]
 INDEPENDENT = [frozenset({"diffwave.inference", "diffwave.training"})]
 
