@@ -19,8 +19,8 @@ weights), through `Vocoder.vocode`, the path users call:
   `--dtype auto` measures which is faster on the machine it runs on (diffwave/precision.py).
 - peak = the best of several square matmuls of size 2048 in that precision on the same device and threads,
   measured just before and just after each RTF timing (the higher of the two): a CPU's clock moves with its
-  neighbours' load (one run measured 370-381 GFLOP/s, one a few minutes later 428-432), so a peak measured
-  once at the start of the run does not describe a timing made minutes later.
+  neighbours' load within minutes (README, Measured speed), so a peak measured once at the start of the run
+  does not describe a timing made minutes later.
 - cached vs per-step conditioning: the same fast-sampler loop with `model.condition(mel)` recomputed at
   every step, as the reference implementation does, for BASE. Both sides allocate their conditioning
   afresh (as a one-off caller would), so the ratio is the recomputation (upsampler + projections) plus the

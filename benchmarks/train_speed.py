@@ -91,7 +91,7 @@ def time_precision(args: argparse.Namespace, features: Path, work: Path, precisi
     """Runs in its own process (see `main`): warm-up step, then `args.steps` timed (or profiled) steps."""
     device = torch.device(args.device)
     if args.dilated_conv:  # one engine in this child
-        gated_layer.taps_as_matmuls = lambda padded: args.dilated_conv == "matmuls"
+        gated_layer.taps_as_matmuls = lambda padded: args.dilated_conv == ["matmuls"]
     config = load_config(args.config, [*settings(args, precision, memory), "train.max_steps=1"])
     trainer = Trainer.from_config(config, features, work / f"run-{precision}-{memory}",
                                   init_distributed(str(device)))
@@ -166,6 +166,14 @@ def time_reference(args: argparse.Namespace) -> dict[str, float]:
     return json.loads(output.strip().splitlines()[-1])
 
 
+def engines(text: str) -> list[str]:
+    """--dilated-conv's comma-separated engine names, each checked."""
+    names = text.split(",")
+    if unknown := [name for name in names if name not in ("matmuls", "convolution")]:
+        raise argparse.ArgumentTypeError(f"unknown engine(s) {', '.join(unknown)}; use matmuls and/or convolution")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="base")
@@ -178,8 +186,8 @@ def main() -> None:
                                                        "each (default: the config's)")
     parser.add_argument("--reference-src", help="lmnt-com/diffwave's src folder, to time it side by side")
     parser.add_argument("--profile", action="store_true", help="print each phase's share of a step")
-    parser.add_argument("--dilated-conv", help="comma-separated: matmuls, convolution (a row each; default: the "
-                                               "device's own)")
+    parser.add_argument("--dilated-conv", type=engines, help="comma-separated: matmuls, convolution (a row each; "
+                                                             "default: the device's own)")
     parser.add_argument("--one", nargs=3, metavar=("PRECISION", "MEMORY", "WORK"),
                         help=argparse.SUPPRESS)  # child process; MEMORY "-": the config's
     args = parser.parse_args()
@@ -207,8 +215,8 @@ def main() -> None:
         print(f"{'precision':>16} {'samples/s':>10} {'GFLOP/s':>8} {'of peak':>8} {'peak MiB':>9}")
         rows = {}
         memories = args.activation_memory_mb.split(",") if args.activation_memory_mb else ["-"]
-        engines = args.dilated_conv.split(",") if args.dilated_conv else [None]
-        for precision, memory, engine in itertools.product(precisions, memories, engines):
+        conv_engines = args.dilated_conv or [None]
+        for precision, memory, engine in itertools.product(precisions, memories, conv_engines):
             label = " ".join(part for part in (precision, None if memory == "-" else memory, engine) if part)
             options = [*sys.argv[1:], *(["--dilated-conv", engine] if engine else [])]
             child = [sys.executable, __file__, *options, "--one", precision, memory, str(work)]

@@ -146,7 +146,8 @@ def _add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", default="auto",
                         help="CPU threads: a count, or auto (default): OMP_NUM_THREADS where set, else the count, "
                              "among all cores and halves of them, at which one network layer ran fastest just "
-                             "now (beside other busy processes, fewer threads are much faster); the log says which")
+                             "now (beside other busy processes, fewer threads are much faster; the timing costs "
+                             "a fraction of a second at start); the log says which")
 
 
 def _use_threads(args: argparse.Namespace) -> None:

@@ -13,7 +13,7 @@
   version, thread count and shapes, so every later process on the machine reuses the first one's: the same
   choice each time, however loaded the machine is when a later process starts (a layer whose bf16 time is
   near the margin would otherwise flip between processes). Only a measurement made on a quiet machine is kept
-  (`machine_busy`): one made beside other work can be off by 5x and would stick. A file that cannot be read is
+  (`machine_busy`): one made beside other work can be far off, and would stick. A file that cannot be read is
   measured over, and one that cannot be written is skipped; neither stops a run.
 Only the network's GEMMs change precision; the reverse chain (`diffusion.sampling.sample`) stays fp32. Both
 policies run the network under `autocast`.
@@ -44,7 +44,7 @@ AUTO_MARGIN = 0.9  # bf16 is picked only at under 90% of fp32's time
 CALIBRATION_REPEATS = 3  # best of, per precision, after one warm-up call each
 CACHE_ENV = "DIFFWAVE_PRECISION_CACHE"  # optional per-machine file of calibrations
 clock = time.perf_counter  # what `calibrate` reads (tests give it a fake one)
-load_average = os.getloadavg  # what `machine_busy` reads (tests give it a fake one)
+load_average = getattr(os, "getloadavg", None)  # what `machine_busy` reads (None: not this OS; tests fake it)
 
 
 class Workload(Protocol):
@@ -94,14 +94,27 @@ def calibrate(workload: Workload, device: torch.device,
 
 
 def machine_busy() -> str | None:
-    """Why a measurement made now should not be kept, or None: other runnable work (the 1-minute load average)
-    beyond the CPUs this process leaves free contends with its threads."""
-    with contextlib.suppress(OSError, AttributeError):
+    """Why a measurement made now should not be kept, or None: other runnable work beyond the CPUs this process
+    leaves free contends with its threads. Other work is the 1-minute load average, or the threads running
+    right now less this process's own where that is more (a job started seconds ago barely moves the
+    average). Where the load is the whole host's (a container) the machine always looks busy, and every process
+    measures for itself, as without a cache."""
+    with contextlib.suppress(OSError):
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        load = load_average()[0]
-        if load > max(0, cpus - torch.get_num_threads()) + 0.5:
-            return f"load {load:.2f} on {cpus} CPUs"
+        load = load_average()[0] if load_average else 0.0
+        other = max(load, running_threads() - torch.get_num_threads())
+        if other > max(0, cpus - torch.get_num_threads()) + 0.5:
+            return f"load {other:.2f} on {cpus} CPUs"
     return None
+
+
+def running_threads() -> int:
+    """Threads running or runnable on the machine now (procs_running of /proc/stat; 0 where there is none)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("procs_running"):
+                return int(line.split()[1])
+    return 0
 
 
 def cpu_model() -> str:

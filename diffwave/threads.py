@@ -61,9 +61,13 @@ def choose_threads(threads: str | int, workload: Workload, timer: Callable[[], f
     """Sets torch's CPU thread count for `threads`, `--threads`' value: a count, or "auto" (OMP_NUM_THREADS where
     set, else `measured_threads`); logs the choice and why. Returns the count."""
     if threads != "auto":
-        count = int(threads) if str(threads).isdigit() else 0
+        try:
+            count = int(threads)
+        except ValueError:
+            count = 0
         if count < 1:
             raise DiffwaveError(f"--threads must be auto or a count of at least 1, got {threads}")
+        logger.info("threads %d (--threads)", count)
         torch.set_num_threads(count)
         return count
     if os.environ.get(THREADS_ENV):

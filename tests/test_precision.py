@@ -15,6 +15,8 @@ from diffwave.errors import DiffwaveError
 from diffwave.model.cpu_kernels import LayerWorkload
 from diffwave.precision import DTYPES, PRECISIONS, calibrate, resolve_dtype, training_precision
 
+MACHINE_RUNNING_THREADS = precision.running_threads  # the real one, which the autouse fixture replaces
+
 
 class CountingWorkload:
     def __init__(self, key: str) -> None:
@@ -43,6 +45,7 @@ def fresh_calibrations(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "_calibrations", {})
     monkeypatch.setattr(precision, "_provenance", {})
     monkeypatch.setattr(precision, "load_average", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(precision, "running_threads", lambda: 1)
 
 
 def test_names_and_explicit_dtypes() -> None:
@@ -143,8 +146,7 @@ def test_by_default_the_cache_is_the_users_and_off_keeps_none(tmp_path, monkeypa
         assert sorted(p.name for p in tmp_path.iterdir()) == ["xdg"]
 
 
-def test_a_measurement_made_on_a_busy_machine_is_used_but_not_kept(tmp_path, monkeypatch: pytest.MonkeyPatch,
-                                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_a_measurement_made_on_a_busy_machine_is_used_but_not_kept(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Beside other work a measurement can be far off; kept, it would decide every later process. Other runnable
     work beyond the CPUs this process leaves free makes the machine busy."""
     cache = tmp_path / "precision.json"
@@ -157,11 +159,19 @@ def test_a_measurement_made_on_a_busy_machine_is_used_but_not_kept(tmp_path, mon
     assert dtype is torch.bfloat16 and "machine was busy" in why and not cache.exists()
     monkeypatch.setattr(precision, "load_average", lambda: (free + 0.25, 0.0, 0.0))
     assert precision.machine_busy() is None
+    monkeypatch.setattr(precision, "running_threads", lambda: torch.get_num_threads() + free + 2)  # a job just started
+    assert precision.machine_busy() == f"load {free + 2:.2f} on {cpus} CPUs"
+    monkeypatch.setattr(precision, "running_threads", lambda: torch.get_num_threads())  # only this process
+    assert precision.machine_busy() is None
     monkeypatch.setattr(precision, "_calibrations", {})
     assert "kept in" in precision.auto_dtype(torch.device("cpu"), CountingWorkload("a"), fake_timer(2e-3, 1e-3))[1]
     monkeypatch.setattr(precision, "_calibrations", {})  # a later process reads it, and says so
     assert f"by an earlier process, read from {cache}" in precision.auto_dtype(
         torch.device("cpu"), CountingWorkload("a"), fake_timer(1.0, 1.0))[1]
+
+
+def test_the_running_threads_are_read_from_the_system() -> None:
+    assert MACHINE_RUNNING_THREADS() >= 1  # this one, at least (procs_running of /proc/stat)
 
 
 def test_a_cache_that_cannot_be_written_does_not_stop_the_choice(tmp_path, monkeypatch: pytest.MonkeyPatch,

@@ -12,6 +12,7 @@ import torch
 from diffwave import threads
 from diffwave.cli import main
 from diffwave.errors import DiffwaveError
+from diffwave.model.cpu_kernels import LayerWorkload
 
 
 @pytest.fixture(autouse=True)
@@ -74,13 +75,21 @@ def test_auto_sets_the_measured_count_and_logs_every_timing(caplog: pytest.LogCa
 
 
 def test_auto_keeps_the_users_omp_num_threads_and_a_count_is_used_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(threads.THREADS_ENV, "4")
+    """With OMP_NUM_THREADS set, auto changes nothing (torch read it at start; here torch was set to 4 after)."""
+    monkeypatch.setenv(threads.THREADS_ENV, "3")
     workload = CountingWorkload()
-    assert threads.choose_threads("auto", workload) == 4 and workload.calls == []
+    assert threads.choose_threads("auto", workload) == 4 and torch.get_num_threads() == 4 and workload.calls == []
     assert threads.choose_threads("2", workload) == 2 and torch.get_num_threads() == 2 and workload.calls == []
-    for bad in ("0", "-1", "two"):
+    for bad in ("0", "-1", "two", "\u00b2"):
         with pytest.raises(DiffwaveError, match=f"--threads must be auto or a count of at least 1, got {bad}"):
             threads.choose_threads(bad, workload)
+
+
+def test_auto_on_the_real_clock_times_a_real_layer_and_keeps_a_count_it_tried() -> None:
+    """The engines' own layer, timed for real (4 channels: milliseconds): whatever the load, the choice is one of
+    the counts tried, and torch runs at it."""
+    count = threads.choose_threads("auto", LayerWorkload(4))
+    assert count in threads.thread_counts(4) and torch.get_num_threads() == count
 
 
 def test_the_cli_refuses_a_bad_thread_count_in_one_line(tmp_path, capsys: pytest.CaptureFixture) -> None:

@@ -6,17 +6,17 @@ function as the whole-signal loop of `model/diffwave.py`, within the rounding of
 
 Why tiles: every layer's temporaries are [tile, 2C] scratch tensors reused by all tiles (the whole-signal loop
 allocates [2C, N] arrays, page-faulted in afresh at every layer and step), and, time-major (channels last),
-each tile's work is plain matrix products on row slices plus a few elementwise passes (1.7x faster than
-channel-major tiles for BASE on 5 s with 2 threads). Each tile reads a halo of `dilation` samples per side
+each tile's work is plain matrix products on row slices plus a few elementwise passes (faster than
+channel-major tiles: README, Measured speed). Each tile reads a halo of `dilation` samples per side
 from its neighbours, and zeros beyond the signal, as the conv's zero padding does.
 
 bf16 (`bf16_row`): everything between the matrix products stays bf16, so no activation changes dtype inside
-the stack, and whole utterances run at once (BASE on 5 s: 412 ms per evaluation against 451 ms in 32,768-sample
-tiles and 569 ms in 4,096). The residual stream is stored as the conv's input itself, z_i = a_i (x_i + s_i)
+the stack, and whole utterances run at once (faster than tiles of any length measured,
+`benchmarks/tile_length.py`). The residual stream is stored as the conv's input itself, z_i = a_i (x_i + s_i)
 with a_i = sqrt(2)^i (s_i: layer i's step projection), with zero margins as the conv's zero padding. Per layer:
 the conditioning is copied into the conv's output buffer and oneDNN's dilated convolution reads its taps
-straight from the stream and adds its result there (a fused sum post-op: no im2col copy; 8-10% faster end to
-end than im2col and one GEMM); then the sigmoid, the gate product, and two GEMMs that update the stream and the
+straight from the stream and adds its result there (a fused sum post-op: no im2col copy, which made it faster end
+to end than im2col and one GEMM); then the sigmoid, the gate product, and two GEMMs that update the stream and the
 skip sum in place, z_{i+1} = z_i + a_i (W_res g + b_res) - a_i s_i + a_{i+1} s_{i+1} and skip += W_skip g +
 b_skip, their constant terms a row of the weights against a column of ones beside the gate. The scalings
 a_i, the conv bias and the gate's -2 are folded into the weights and into the conditioning (`condition` under
@@ -40,8 +40,9 @@ from torch import Tensor, nn
 
 from diffwave.model.gated_layer import gated_layer
 
-INFERENCE_TILE = 4096  # samples per fp32 tile (BASE, 5 s, 2 threads: 1061 ms against 1068 at 2048, 1130 at 8192)
+INFERENCE_TILE = 4096  # samples per fp32 tile: the fastest length measured (`benchmarks/tile_length.py`)
 CALIBRATION_SAMPLES = 32768  # samples of `LayerWorkload`: long enough that no per-call cost dominates
+ENGINES_REVISION = "bf16 conv, fp32 in place"  # in `LayerWorkload.key`: timings kept by older engines go unused
 
 
 @functools.cache
@@ -397,7 +398,7 @@ class LayerWorkload:
     included; the conditioning, once per utterance, is not)."""
 
     def __init__(self, channels: int, n_mels: int = 80) -> None:
-        self.key = ("residual layer", channels, INFERENCE_TILE, CALIBRATION_SAMPLES, "bf16 conv")
+        self.key = ("residual layer", channels, INFERENCE_TILE, CALIBRATION_SAMPLES, ENGINES_REVISION)
         self.channels, self.n_mels = channels, n_mels
         self._layers: nn.ModuleList | None = None
         self._conditioning: dict[torch.dtype, Tensor] = {}

@@ -65,7 +65,9 @@ def taps_as_matmuls(padded: Tensor) -> bool:
 
 def _activated_gate(padded: Tensor, conditioning: Tensor | None, dilated_weight: Tensor, dilated_bias: Tensor,
                     conditioner_weight: Tensor | None, conditioner_bias: Tensor | None, dilation: int) -> Tensor:
-    """[sigmoid(gate); tanh(filter)] of dilated_conv(y) + conditioning, as one [B, 2C, N] tensor."""
+    """[sigmoid(gate); tanh(filter)] of dilated_conv(y) + conditioning, as one [B, 2C, N] tensor, y being the
+    middle of `padded`. In bf16 (autocast) each tap's product is rounded as it is added, where a convolution
+    rounds once: the autocast test bounds the difference."""
     projects = conditioning is not None and conditioner_weight is not None
     bias = (dilated_bias + conditioner_bias if projects else dilated_bias).unsqueeze(-1)
     if not taps_as_matmuls(padded):
