@@ -49,6 +49,7 @@ from diffwave.data.preprocess import preprocess
 from diffwave.model import gated_layer
 from diffwave.precision import DTYPES
 from diffwave.training.distributed import init_distributed
+from diffwave.training.heap import keep_freed_memory
 from diffwave.training.trainer import Trainer
 
 PHASES = ("enumerate(DataLoader)", "train/draws", "train/forward", "train/backward", "train/optimizer", "train/ema",
@@ -90,6 +91,7 @@ def time_precision(args: argparse.Namespace, features: Path, work: Path, precisi
                    memory: str | None) -> dict[str, float]:
     """Runs in its own process (see `main`): warm-up step, then `args.steps` timed (or profiled) steps."""
     device = torch.device(args.device)
+    keep_freed_memory()  # as `diffwave train` does
     if args.dilated_conv:  # one engine in this child
         gated_layer.taps_as_matmuls = lambda padded: args.dilated_conv == ["matmuls"]
     config = load_config(args.config, [*settings(args, precision, memory), "train.max_steps=1"])

@@ -10,6 +10,7 @@ import torch.distributed as dist
 from diffwave.checkpoints import latest_checkpoint
 from diffwave.config import Config
 from diffwave.training.distributed import init_distributed, teardown_distributed
+from diffwave.training.heap import keep_freed_memory
 from diffwave.training.objectives import DiffusionObjective
 from diffwave.training.setup import prepare_run_dir
 from diffwave.training.trainer import Trainer, TrainResult
@@ -23,6 +24,7 @@ def train(config: Config, data_dir: str | Path, run_dir: str | Path, *, resume: 
     """Train (or resume) a run; returns the result on rank 0 and None on the other ranks. A new run starts from
     the weights of `init_from` when given; `objective` chooses another objective on the same loop
     (distillation)."""
+    keep_freed_memory()
     context = init_distributed(device, timeout_s=config.train.dist_timeout_s)
     try:
         run_dir = Path(run_dir)
