@@ -97,7 +97,7 @@ def machine_busy() -> str | None:
     """Why a measurement made now should not be kept, or None: other runnable work beyond the CPUs this process
     leaves free contends with its threads. Other work is the 1-minute load average, or the threads running
     right now less this process's own where that is more (a job started seconds ago barely moves the
-    average). Where the load is the whole host's (a container) the machine always looks busy, and every process
+    average). Where the load is a whole busy host's (a container) the machine looks busy, and every process
     measures for itself, as without a cache."""
     with contextlib.suppress(OSError):
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
