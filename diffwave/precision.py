@@ -27,9 +27,9 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -55,6 +55,7 @@ class Workload(Protocol):
     def __call__(self, dtype: torch.dtype) -> None: ...
 
 
+Choice = TypeVar("Choice", bound=Hashable)
 _calibrations: dict[Hashable, dict[torch.dtype, float]] = {}  # per process: (device, workload key) -> seconds
 _provenance: dict[Hashable, str] = {}  # per process: where each calibration came from or went, for the log
 
@@ -78,19 +79,29 @@ def calibrate(workload: Workload, device: torch.device,
     if key not in _calibrations and (cached := _read_cache(key)) is not None:
         _calibrations[key], _provenance[key] = cached, f" by an earlier process, read from {cache_path()}"
     if key not in _calibrations:
-        dtypes = (torch.float32, torch.bfloat16)
-        best = dict.fromkeys(dtypes, float("inf"))
-        with torch.inference_mode():
-            for dtype in dtypes:
-                workload(dtype)  # warm-up: weights, buffers, the GEMM library's kernels for these shapes
-            for _ in range(CALIBRATION_REPEATS):
-                for dtype in dtypes:
-                    start = timer()
-                    workload(dtype)
-                    best[dtype] = min(best[dtype], timer() - start)
+        best = best_seconds((torch.float32, torch.bfloat16), workload, timer)
         _calibrations[key] = best
         _provenance[key] = _write_cache(key, best)
     return _calibrations[key]
+
+
+def best_seconds(choices: Iterable[Choice], run: Callable[[Choice], None], timer: Callable[[], float],
+                 select: Callable[[Choice], None] = lambda choice: None) -> dict[Choice, float]:
+    """Seconds of `run(choice)` for each choice: one warm-up call each (weights, buffers, the GEMM library's
+    kernels for these shapes), then the best of `CALIBRATION_REPEATS`, the choices interleaved so that a passing
+    disturbance hits all. `select(choice)`, untimed, comes before each call (`threads` sets the thread count)."""
+    best = dict.fromkeys(choices, float("inf"))
+    with torch.inference_mode():
+        for choice in best:
+            select(choice)
+            run(choice)
+        for _ in range(CALIBRATION_REPEATS):
+            for choice in best:
+                select(choice)
+                start = timer()
+                run(choice)
+                best[choice] = min(best[choice], timer() - start)
+    return best
 
 
 def machine_busy() -> str | None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from diffwave.errors import DiffwaveError
-from diffwave.precision import CALIBRATION_REPEATS, Workload
+from diffwave.precision import Workload, best_seconds
 
 logger = logging.getLogger("diffwave.threads")
 
@@ -36,22 +36,12 @@ def thread_counts(threads: int) -> list[int]:
 
 
 def measured_threads(workload: Workload, timer: Callable[[], float] | None = None) -> tuple[int, dict[int, float]]:
-    """The thread count of `thread_counts` at which one fp32 `workload` call ran fastest (the best of
-    `CALIBRATION_REPEATS`, the counts interleaved so that a passing disturbance hits all), with every count's
-    seconds. torch's thread count is left as it was."""
-    timer, current = timer or clock, torch.get_num_threads()
-    best = dict.fromkeys(thread_counts(current), float("inf"))
+    """The thread count of `thread_counts` at which one fp32 `workload` call ran fastest (timed as `precision`
+    times the precisions: `best_seconds`), with every count's seconds. torch's thread count is left as it was."""
+    current = torch.get_num_threads()
     try:
-        with torch.inference_mode():
-            for threads in best:
-                torch.set_num_threads(threads)
-                workload(torch.float32)  # warm-up at this count
-            for _ in range(CALIBRATION_REPEATS):
-                for threads in best:
-                    torch.set_num_threads(threads)
-                    start = timer()
-                    workload(torch.float32)
-                    best[threads] = min(best[threads], timer() - start)
+        best = best_seconds(thread_counts(current), lambda threads: workload(torch.float32), timer or clock,
+                            select=torch.set_num_threads)
     finally:
         torch.set_num_threads(current)
     return min(best, key=lambda threads: (best[threads], -threads)), best

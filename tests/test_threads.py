@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 
-from diffwave import threads
+from diffwave import precision, threads
 from diffwave.cli import main
 from diffwave.errors import DiffwaveError
 from diffwave.model.cpu_kernels import LayerWorkload
@@ -62,7 +62,7 @@ def test_the_fastest_count_is_measured_in_fp32_and_torch_is_left_as_it_was(secon
     assert count == expected and measured == pytest.approx(seconds)
     assert {dtype for dtype, _ in workload.calls} == {torch.float32}
     assert sorted({n for _, n in workload.calls}) == [1, 2, 4]
-    assert len(workload.calls) == 3 * (1 + threads.CALIBRATION_REPEATS)
+    assert len(workload.calls) == 3 * (1 + precision.CALIBRATION_REPEATS)
     assert torch.get_num_threads() == 4
 
 
