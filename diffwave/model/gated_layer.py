@@ -36,14 +36,20 @@ def _pointwise(weight: Tensor, batch: int) -> Tensor:
     return weight.squeeze(-1).expand(batch, -1, -1)
 
 
+def _zero_margins(like: Tensor, channels: int, length: int, dilation: int) -> tuple[Tensor, Tensor]:
+    """An uninitialised [B, channels, length] tensor inside `dilation` zero columns on each side: (the padded
+    tensor, its middle)."""
+    padded = like.new_empty(like.shape[0], channels, length + 2 * dilation)
+    padded[..., :dilation].zero_()
+    padded[..., length + dilation:].zero_()
+    return padded, padded[..., dilation:length + dilation]
+
+
 def padded_input(x: Tensor, step: Tensor, outside: Tensor | None, dilation: int) -> Tensor:
     """x + step, zeroed where `outside`, between `dilation` zero columns on each side: [B, C, N + 2d]. The
     dilated conv's three taps are then column slices of this one tensor, and its output is N long unpadded."""
-    batch, channels, length = x.shape
-    padded = x.new_empty(batch, channels, length + 2 * dilation)
-    padded[..., :dilation].zero_()
-    padded[..., length + dilation:].zero_()
-    y = torch.add(x, step.unsqueeze(-1), out=padded[..., dilation:length + dilation])
+    padded, y = _zero_margins(x, x.shape[1], x.shape[2], dilation)
+    torch.add(x, step.unsqueeze(-1), out=y)
     if outside is not None:
         y.masked_fill_(outside, 0.0)
     return padded
@@ -185,10 +191,7 @@ class GatedLayer(torch.autograd.Function):
         grad_product = torch.bmm(skip_weight.transpose(1, 2), grad_skip)
         if grad_h is not None:
             grad_product.baddbmm_(residual_weight.transpose(1, 2), grad_h, alpha=RESIDUAL_SCALE)
-        grad_padded = activated.new_empty(batch, 2 * channels, padded_length)  # see _dilated_conv_backward
-        grad_padded[..., :dilation].zero_()
-        grad_padded[..., length + dilation:].zero_()
-        grad_z = grad_padded[..., dilation:length + dilation]
+        grad_padded, grad_z = _zero_margins(activated, 2 * channels, length, dilation)  # see _dilated_conv_backward
         grad_gate, grad_filter = grad_z.chunk(2, dim=1)
         aten.sigmoid_backward.grad_input(torch.mul(grad_product, tanh, out=grad_gate), sigmoid, grad_input=grad_gate)
         aten.tanh_backward.grad_input(torch.mul(grad_product, sigmoid, out=grad_filter), tanh,
