@@ -234,9 +234,17 @@ def test_tiled_inference_forward_equals_the_whole_signal_forward(n_mels: int | N
         assert torch.allclose(whole, mixed, atol=1e-5)
 
 
-def test_inference_conditioning_is_time_major_with_the_same_values() -> None:
-    """Without grad on a CPU, `condition` stores [B, L, N, 2C] (read tile by tile), or writes into `out`."""
+@pytest.mark.parametrize("block", [4096, 16], ids=["one-block", "blocks-with-a-ragged-end"])
+def test_inference_conditioning_is_time_major_with_the_same_values(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without grad on a CPU, `condition` stores [B, L, N, 2C] (read tile by tile), or writes into `out`; it
+    runs in blocks of samples (42 = 16 + 16 + 10 here), each layer's bias from a column of ones."""
+    from diffwave.model import cpu_kernels
+
+    assert cpu_kernels.CONDITIONING_BLOCK == 4096
+    monkeypatch.setattr(cpu_kernels, "CONDITIONING_BLOCK", block)
     model = tiny()
+    for layer in model.residual_layers:  # nonzero biases, so a missed bias row shows
+        torch.nn.init.normal_(layer.conditioner_projection.bias)
     mel = torch.randn(2, 5, 7)
     trained = model.condition(mel)
     with torch.no_grad():

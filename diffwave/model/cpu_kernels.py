@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from diffwave.model.gated_layer import gated_layer
 
 INFERENCE_TILE = 4096  # samples per fp32 tile: the fastest length measured (`benchmarks/tile_length.py`)
+CONDITIONING_BLOCK = 4096  # samples per block of `time_major_conditioning` (1024 to 4096 measured alike)
 CALIBRATION_SAMPLES = 32768  # samples of `LayerWorkload`: long enough that no per-call cost dominates
 ENGINES_REVISION = "bf16 conv, fp32 in place"  # in `LayerWorkload.key`: timings kept by older engines go unused
 
@@ -220,23 +221,34 @@ def time_major_conditioning(upsampled: Tensor, layers: nn.ModuleList, gemm_dtype
 
     fp32: the projections themselves. bf16: the form `bf16_row` starts each layer's conv output from, with each
     layer's dilated-conv bias added and the filter half scaled by -2 (`gate_scale`): bf16 GEMMs.
+
+    Block by block of CONDITIONING_BLOCK samples, each block of the mel (time-major, beside a column of ones)
+    times every layer's weights over its bias row: the block stays in cache for all L products, and each output
+    is written once, by its product (a bias added by `addmm` is first copied into the output, a second pass
+    over gigabytes). 1.7-2x faster than one `addmm` per layer over the whole signal (README, Measured speed).
     """
-    batch, length = upsampled.shape[0], upsampled.shape[-1]
+    batch, n_mels, length = upsampled.shape
     projections = [layer.conditioner_projection for layer in layers]
     channels = projections[0].out_channels
     if out is None:
         out = conditioning_view(upsampled.new_empty(batch * len(projections) * channels * length, dtype=gemm_dtype),
                                 batch, len(projections), channels, length)
     with torch.autocast("cpu", enabled=False):
-        upsampled = upsampled.to(gemm_dtype)
-        for i, (layer, projection) in enumerate(zip(layers, projections, strict=True)):
+        weights = []  # [n_mels + 1, 2C] per layer: the projection's weight over its bias
+        for layer, projection in zip(layers, projections, strict=True):
             bias, weight = projection.bias, projection.weight[:, :, 0].t()
             if gemm_dtype != torch.float32:
                 scale = gate_scale(bias)
-                bias = ((bias + layer.dilated_conv.bias) * scale).to(gemm_dtype)
-                weight = (weight * scale).to(gemm_dtype)
-            for row in range(batch):
-                torch.addmm(bias, upsampled[row].t(), weight, out=out[row, i].t())
+                bias, weight = (bias + layer.dilated_conv.bias) * scale, weight * scale
+            weights.append(torch.cat([weight, bias[None]]).to(gemm_dtype))
+        block = upsampled.new_ones(min(length, CONDITIONING_BLOCK), n_mels + 1, dtype=gemm_dtype)
+        for row in range(batch):
+            for low in range(0, length, CONDITIONING_BLOCK):
+                high = min(length, low + CONDITIONING_BLOCK)
+                mel_rows = block[:high - low]
+                mel_rows[:, :n_mels].copy_(upsampled[row, :, low:high].t())
+                for i, weight in enumerate(weights):
+                    torch.mm(mel_rows, weight, out=out[row, i].t()[low:high])
     return out
 
 
