@@ -26,7 +26,8 @@ weights), through `Vocoder.vocode`, the path users call:
   afresh (as a one-off caller would), so the ratio is the recomputation (upsampler + projections) plus the
   fresh memory it needs each time, against one projection per utterance.
 - long input: RTF for --long-seconds of audio (chunked synthesis) against the --seconds RTF, and the RTF of
-  the default 3 s windows against 5 s windows (the price of their smaller conditioning buffer).
+  the default windows (6 s on a CPU, 3 s for fp32 on a GPU) against one window of the whole input (the price
+  of windowing: the context each window computes again).
 - memory: the peak resident memory of a fresh process that vocodes --memory-seconds of audio with BASE,
   one child process per length, with `ddim` at 1 step so that 10 minutes take a few minutes on a CPU. The
   step count does not change the peak: every step of a window reuses the same tensors (x, the window's
@@ -228,9 +229,9 @@ def main() -> None:
         short, long = vocode_rtf(base, args.seconds, "fast")[0], vocode_rtf(base, args.long_seconds, "fast")[0]
         print(f"BASE fast {names[0]}, RTF {args.long_seconds:g} s / {args.seconds:g} s: {long:.3f} / {short:.3f} = "
               f"{long / short:.2f}")
-        wide = vocode_rtf(base, args.long_seconds, "fast", chunk_seconds=5.0)[0]
-        print(f"BASE fast {names[0]}, {args.long_seconds:g} s, RTF with default / 5 s windows: "
-              f"{long:.3f} / {wide:.3f} = {long / wide:.2f}")
+        whole = vocode_rtf(base, args.long_seconds, "fast", chunk_seconds=None)[0]
+        print(f"BASE fast {names[0]}, {args.long_seconds:g} s, RTF with default windows / one window: "
+              f"{long:.3f} / {whole:.3f} = {long / whole:.2f}")
     for name in names if args.memory_seconds else ():
         memory_rows(args.memory_seconds, device, name)
 

@@ -168,6 +168,10 @@ class GaussianNetwork(DiffWave):
         self.register_buffer("unit", torch.ones(1, 1, 1))
         self.dtypes: list[torch.dtype] = []
 
+    def conditioning_dtype(self, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+        """Its forward is not the CPU engine that reads fp16: the chain must see the exact conditioning."""
+        return dtype
+
     @staticmethod
     def mean_of(cond: Tensor) -> Tensor:
         """Each sample's data mean [B, N], read off the first channel of the first layer's conditioning."""

@@ -256,6 +256,30 @@ def test_inference_conditioning_is_time_major_with_the_same_values(block: int, m
     assert written.data_ptr() == buffer.data_ptr() and torch.equal(written, inferred)
 
 
+def test_the_fp32_engine_reads_fp16_conditioning_as_its_rounded_values() -> None:
+    """Samplers keep fp32's conditioning in fp16 (`cpu_kernels.conditioning_storage`): `condition` stores the
+    fp32 products rounded once, and the tiled forward computes what the paper's network computes on exactly
+    those values (the products, activations and sums stay fp32)."""
+    from diffwave.model.cpu_kernels import conditioning_view
+
+    torch.manual_seed(0)
+    model = DiffWave(num_steps=50, residual_channels=4, residual_layers=10, dilation_cycle=10, n_mels=6,
+                     hop_length=16)
+    torch.nn.init.normal_(model.output_projection.weight)
+    frames = (2 * 4096 + 900) // 16  # several tiles and conditioning blocks, ending mid-tile
+    mel, x, t = torch.randn(2, 6, frames), torch.randn(2, frames * 16), torch.tensor([3.0, 41.5])
+    exact = model.condition(mel).detach()  # with grad: one stacked convolution, fp32
+    with torch.no_grad():
+        buffer = torch.empty(exact.numel(), dtype=torch.float16)
+        stored = model.condition(mel, out=conditioning_view(buffer, 2, 10, 8, frames * 16))
+        tiled = model(x, t, stored)
+    assert stored.dtype == torch.float16 and stored.data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(stored.float(), exact, atol=1e-6, rtol=2**-11)  # rounded once: half an ulp
+    assert not torch.equal(stored.float(), exact)
+    whole = model.reference_forward(x, t, stored.float())
+    assert torch.allclose(whole, tiled, atol=1e-5)
+
+
 def test_training_formulation_matches_the_stacked_conditioning_in_output_and_gradients() -> None:
     """`mel=` (each layer projects the upsampled mel) and `cond=condition(mel)` (one stacked projection) are
     the same function: same output and the same gradient for every parameter."""

@@ -1,8 +1,9 @@
 """Long inputs in overlapping windows, and noise that depends on the sample position, not the window.
 
-Memory. The cached conditioning costs L x 2C floats per audio sample (BASE: 3,840 floats, ~340 MB per
-second of 22.05 kHz audio in fp32; LARGE twice that), so an utterance is synthesised window by window, each
-running the whole reverse chain (chunk-major) and holding only its own conditioning.
+Memory. The cached conditioning costs L x 2C values per audio sample (BASE: 3,840 values, ~340 MB per
+second of 22.05 kHz audio at 4 bytes, ~170 MB at the 2 bytes a CPU keeps it in; LARGE twice that), so an
+utterance is synthesised window by window, each running the whole reverse chain (chunk-major) and holding only
+its own conditioning.
 
 Layout (in mel frames). Boundaries sit every `chunk` frames. Window k covers the core [k*chunk, (k+1)*chunk)
 plus `context` frames on each side (clipped to the utterance), so its edges, where the network sees zero
@@ -35,8 +36,8 @@ from torch import Tensor
 from diffwave.errors import DiffwaveError
 
 NOISE_BLOCK = 8192  # samples per independently seeded noise block
-CHUNK_SECONDS = 3.0  # window core in fp32: bounds BASE's peak memory to ~2.3 GB; see the note in Vocoder.vocode
-AUTO_CHUNK = "auto"  # Vocoder.vocode's default: CHUNK_SECONDS scaled to the same conditioning memory in its dtype
+CHUNK_SECONDS = 3.0  # window core for a 4-byte conditioning cache: bounds BASE's peak memory to ~2.3 GB
+AUTO_CHUNK = "auto"  # Vocoder.vocode's default: CHUNK_SECONDS scaled to the same memory in the cache's dtype
 OVERLAP_SECONDS = 0.3  # context on each side of a window, and the cross-fade length
 
 

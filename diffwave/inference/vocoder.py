@@ -180,8 +180,9 @@ class Vocoder:
 
         Long inputs: windows of `chunk_seconds` plus `overlap_seconds` of context on each side, cross-faded
         over `overlap_seconds` (`chunk_seconds=None`: one window), which bounds the cached conditioning's
-        memory (benchmarks/inference_speed.py, memory rows). "auto": 3 s in fp32, and as long as the same
-        memory holds in a narrower dtype (6 s in bf16): fewer windows, so less overlap to compute twice. A
+        memory (benchmarks/inference_speed.py, memory rows). "auto": as long as 3 s of fp32 conditioning's memory
+        holds in the dtype the model keeps it in, 6 s on a CPU (fp16 for fp32, bf16 for bf16) and 3 s for fp32 on
+        a GPU: fewer windows, so less overlap to compute twice. A
         window edge disturbs the audio within about 1.6 receptive fields of one forward pass, not the chain's
         S-fold reach; every cross-faded sample has at least `overlap_seconds` / 2 of context in both windows.
         A Griffin-Lim start is made once per utterance and sliced per window. On a CPU the window's
@@ -189,7 +190,8 @@ class Vocoder:
         """
         resolved = self.sampling(options, **sampling)
         if chunk_seconds == AUTO_CHUNK:
-            chunk_seconds = CHUNK_SECONDS * torch.float32.itemsize / resolved.dtype.itemsize
+            stored = self._conditioning_dtype(resolved.dtype)
+            chunk_seconds = CHUNK_SECONDS * torch.float32.itemsize / stored.itemsize
         layout = ChunkLayout.from_seconds(chunk_seconds, overlap_seconds, self.sample_rate / self.hop_length)
         with torch.inference_mode():
             mels, batched = self._validated_mels(mel, lengths)
@@ -373,15 +375,22 @@ class Vocoder:
         return cond[..., margin:margin + width]
 
     def _conditioning_buffer(self, rows: int, length: int, dtype: torch.dtype) -> Tensor:
-        """A [rows, L, 2C, length] view of one buffer in `dtype` kept across windows and calls (reallocated only
+        """A [rows, L, 2C, length] view of one buffer kept across windows and calls, in the dtype the model's
+        engine reads for sampling in `dtype` (`_conditioning_dtype`; reallocated only
         to grow or for another dtype): on a CPU, a fresh tensor of that size costs about 1 s of page faults per
         5 s window (BASE). Laid out as the model's engine reads it (`cpu_kernels.conditioning_view`)."""
         layers, channels = len(self.model.residual_layers), 2 * self.model.residual_channels
         size = rows * layers * channels * length
+        dtype = self._conditioning_dtype(dtype)
         if self._buffer.numel() < size or self._buffer.dtype != dtype:
             self._buffer = torch.empty(0)  # release the old one before allocating the new one
             self._buffer = torch.empty(size, device=self.device, dtype=dtype)
         return conditioning_view(self._buffer, rows, layers, channels, length)
+
+    def _conditioning_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype of the conditioning buffer for sampling in `dtype` (the model's engine decides: fp16 for
+        fp32 on a CPU), which sets how long an "auto" window is."""
+        return self.model.conditioning_dtype(dtype, self.device)
 
     def _autocast(self, dtype: torch.dtype) -> torch.autocast:
         return autocast(self.device, dtype)

@@ -43,7 +43,8 @@ from diffwave.model.gated_layer import gated_layer
 INFERENCE_TILE = 4096  # samples per fp32 tile: the fastest length measured (`benchmarks/tile_length.py`)
 CONDITIONING_BLOCK = 4096  # samples per block of `time_major_conditioning` (1024 to 4096 measured alike)
 CALIBRATION_SAMPLES = 32768  # samples of `LayerWorkload`: long enough that no per-call cost dominates
-ENGINES_REVISION = "bf16 conv, fp32 in place"  # in `LayerWorkload.key`: timings kept by older engines go unused
+# In `LayerWorkload.key`: timings kept by older engines go unused.
+ENGINES_REVISION = "bf16 conv, fp32 in place, fp16 conditioning"
 
 
 @functools.cache
@@ -62,6 +63,18 @@ def tile_gemm_dtype(x: Tensor) -> torch.dtype | None:
     if not torch.is_autocast_enabled("cpu"):
         return torch.float32
     return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 and bf16_engine_available() else None
+
+
+def conditioning_storage(gemm_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the engine of `gemm_dtype` reads a cached conditioning in: bf16 for bf16, fp16 for fp32.
+
+    fp32 reads fp16: half the memory, so a sampler's window of a given memory is twice as long (fewer windows,
+    less overlap computed twice), and half the traffic of the one pass that reads it per tile. Every product,
+    activation and sum stays fp32; rounding the conditioning to fp16's 11 significant bits moved the shipped
+    voice's audio 93-100 dB below the signal on real clips, less than writing it as 16-bit PCM does (79-86 dB;
+    README, Measured speed). A projection beyond fp16's range (65,504) is stored as an infinity, which saturates
+    the gate as the value itself does."""
+    return torch.float16 if gemm_dtype == torch.float32 else gemm_dtype
 
 
 def gate_scale(like: Tensor) -> Tensor:
@@ -177,8 +190,10 @@ def tile_forward(weights: TileWeights, conv_input: Tensor, dilation: int, bias: 
     y = buffers.pre_activation[:length]
     if conditioning is None:
         y.copy_(bias.expand_as(y))
-    else:
+    elif conditioning.dtype == y.dtype:
         torch.addcmul(bias, conditioning, weights.scale, out=y)
+    else:  # fp16 (`conditioning_storage`): widened by a copy, then scaled in cache (a mixed-dtype addcmul is slower)
+        torch.addcmul(bias, y.copy_(conditioning), weights.scale, out=y)
     for k, tap in enumerate(weights.taps):
         y.addmm_(conv_input[k * dilation:k * dilation + length], tap)
     y.sigmoid_()
@@ -219,8 +234,9 @@ def time_major_conditioning(upsampled: Tensor, layers: nn.ModuleList, gemm_dtype
     ([B, L, N, 2C] in memory, returned as its [B, L, 2C, N] transposed view), so that each tile reads its
     conditioning as one block; into `out` when given (of that dtype and layout).
 
-    fp32: the projections themselves. bf16: the form `bf16_row` starts each layer's conv output from, with each
-    layer's dilated-conv bias added and the filter half scaled by -2 (`gate_scale`): bf16 GEMMs.
+    fp32: the projections themselves, computed in fp32 and stored in `out`'s dtype (fp16 for a sampler's cache,
+    `conditioning_storage`). bf16: the form `bf16_row` starts each layer's conv output from, with each layer's
+    dilated-conv bias added and the filter half scaled by -2 (`gate_scale`): bf16 GEMMs.
 
     Block by block of CONDITIONING_BLOCK samples, each block of the mel (time-major, beside a column of ones)
     times every layer's weights over its bias row: the block stays in cache for all L products, and each output
@@ -242,13 +258,17 @@ def time_major_conditioning(upsampled: Tensor, layers: nn.ModuleList, gemm_dtype
                 bias, weight = (bias + layer.dilated_conv.bias) * scale, weight * scale
             weights.append(torch.cat([weight, bias[None]]).to(gemm_dtype))
         block = upsampled.new_ones(min(length, CONDITIONING_BLOCK), n_mels + 1, dtype=gemm_dtype)
+        staged = None if out.dtype == gemm_dtype else block.new_empty(block.shape[0], channels)  # before narrowing
         for row in range(batch):
             for low in range(0, length, CONDITIONING_BLOCK):
                 high = min(length, low + CONDITIONING_BLOCK)
                 mel_rows = block[:high - low]
                 mel_rows[:, :n_mels].copy_(upsampled[row, :, low:high].t())
                 for i, weight in enumerate(weights):
-                    torch.mm(mel_rows, weight, out=out[row, i].t()[low:high])
+                    if staged is None:
+                        torch.mm(mel_rows, weight, out=out[row, i].t()[low:high])
+                    else:
+                        out[row, i].t()[low:high].copy_(torch.mm(mel_rows, weight, out=staged[:high - low]))
     return out
 
 
@@ -422,15 +442,21 @@ class LayerWorkload:
         whole_signal = dtype != torch.float32 and not bf16_engine_available()
         layer = self._layers[0]
         with torch.no_grad():
-            if dtype not in self._conditioning:
+            if dtype not in self._conditioning:  # kept as a sampler keeps it (`conditioning_storage`)
                 self._conditioning[dtype] = (layer.conditioner_projection(upsampled) if whole_signal else
-                                             time_major_conditioning(upsampled, self._layers, dtype, None))
+                                             time_major_conditioning(upsampled, self._layers, dtype,
+                                                                     self._conditioning_buffer(dtype)))
             if whole_signal:
                 with torch.autocast("cpu", dtype=dtype):
                     gated_layer(h.transpose(1, 2), None, steps[:, 0], self._conditioning[dtype], None,
                                 layer.dilated_conv, None, layer.output_projection)
                 return
             tiled_layers(self._layers, h.clone(), steps, self._conditioning[dtype], None, dtype)  # h is overwritten
+
+    def _conditioning_buffer(self, dtype: torch.dtype) -> Tensor:
+        size = 2 * self.channels * CALIBRATION_SAMPLES
+        return conditioning_view(torch.empty(size, dtype=conditioning_storage(dtype)), 1, 1, 2 * self.channels,
+                                 CALIBRATION_SAMPLES)
 
     @torch.inference_mode(False)
     def _build(self) -> None:

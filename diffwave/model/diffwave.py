@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from diffwave.config import Config
 from diffwave.errors import ConfigError
-from diffwave.model.cpu_kernels import tile_gemm_dtype, tiled_layers, time_major_conditioning
+from diffwave.model.cpu_kernels import conditioning_storage, tile_gemm_dtype, tiled_layers, time_major_conditioning
 from diffwave.model.gated_layer import gated_layer
 
 EMBEDDING_DIM = 128  # sinusoidal table width (64 sines + 64 cosines), fixed by the reference checkpoints
@@ -215,6 +215,12 @@ class DiffWave(nn.Module):
         weight, bias = torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections])
         conditioning = F.conv1d(upsampled, weight, bias).view(mel.shape[0], len(projections), -1, upsampled.shape[-1])
         return conditioning if out is None else out.copy_(conditioning)
+
+    def conditioning_dtype(self, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+        """The dtype a sampler keeps this model's conditioning in for a no-grad forward in `dtype` on `device`:
+        on a CPU, the one its engine reads (`cpu_kernels.conditioning_storage`: fp16 for fp32); elsewhere
+        `dtype` itself."""
+        return conditioning_storage(dtype) if device.type == "cpu" else dtype
 
     def _check_conditioning(self, x: Tensor, cond: Tensor | None, mel: Tensor | None) -> None:
         if self.n_mels is None:
