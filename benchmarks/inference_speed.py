@@ -2,11 +2,13 @@
 
     python benchmarks/inference_speed.py [--seconds 5] [--models base,large] [--samplers fast,ddim,ddpm]
                                          [--device cpu|cuda] [--dtypes fp32,bf16] [--long-seconds 30]
-                                         [--memory-seconds 30,600]
+                                         [--memory-seconds 30,600] [--repeats 3]
 
 Everything is measured in this one run, on randomly initialised models (speed does not depend on the
 weights), through `Vocoder.vocode`, the path users call:
-- RTF = compute seconds / audio seconds (below 1: faster than real time), after one warm-up call.
+- RTF = compute seconds / audio seconds (below 1: faster than real time), after one warm-up call; in the table,
+  the best of --repeats timed calls, as the peak is the best of several matmuls (a neighbour's load on a shared
+  machine only ever slows a run down; one call's RTF moved by 8% between runs minutes apart on a VM).
 - FLOPs of the cached formulation per audio sample and reverse step (multiply-adds x 2; elementwise work
   not counted): per residual layer the dilated conv 2*3*C*2C and the output 1x1 conv 2*C*2C, i.e. 16 C^2;
   plus the skip 1x1 conv 2 C^2 and the input/output projections 4 C:  L * 16 C^2 + 2 C^2 + 4 C
@@ -91,18 +93,20 @@ def vocode_fixed(vocoder: Vocoder, seconds: float, sampler: str, **options) -> t
                           **options)
 
 
-def vocode_rtf(vocoder: Vocoder, seconds: float, sampler: str, **options) -> tuple[float, torch.Tensor]:
-    """(RTF, audio) of `vocode_fixed`, after one warm-up call."""
+def vocode_rtf(vocoder: Vocoder, seconds: float, sampler: str, repeats: int = 1,
+               **options) -> tuple[float, torch.Tensor]:
+    """(RTF, audio) of `vocode_fixed`: the best of `repeats` timed calls after one warm-up call."""
     audio = [vocode_fixed(vocoder, seconds, sampler, **options)]  # warm-up
-    elapsed = timed(lambda: audio.append(vocode_fixed(vocoder, seconds, sampler, **options)), vocoder.device)
+    elapsed = min(timed(lambda: audio.append(vocode_fixed(vocoder, seconds, sampler, **options)), vocoder.device)
+                  for _ in range(repeats))
     return elapsed / (audio[-1].numel() / vocoder.sample_rate), audio[-1]
 
 
-def rtf_and_peak(vocoder: Vocoder, seconds: float, sampler: str) -> tuple[float, float]:
+def rtf_and_peak(vocoder: Vocoder, seconds: float, sampler: str, repeats: int) -> tuple[float, float]:
     """(RTF of `vocode_rtf`, the matmul peak in the vocoder's precision measured just before and just after it,
     the higher of the two)."""
     before = matmul_peak_gflops(vocoder.device, vocoder.dtype)
-    rtf = vocode_rtf(vocoder, seconds, sampler)[0]
+    rtf = vocode_rtf(vocoder, seconds, sampler, repeats)[0]
     return rtf, max(before, matmul_peak_gflops(vocoder.device, vocoder.dtype))
 
 
@@ -190,6 +194,7 @@ def main() -> None:
     parser.add_argument("--samplers", default="fast,ddim,ddpm")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", help="comma-separated precisions (default: fp32,bf16; plus fp16 on CUDA)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per RTF in the table (the best)")
     parser.add_argument("--memory-child", nargs=2, metavar=("DTYPE", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -199,8 +204,8 @@ def main() -> None:
         return
     names = (args.dtypes or ("fp32,bf16,fp16" if device.type == "cuda" else "fp32,bf16")).split(",")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"inference speed on {where}; % peak: of the matmul peak measured around each timing (GFLOP/s in "
-          "brackets)")
+    print(f"inference speed on {where}; RTF: best of {args.repeats} calls; % peak: of the matmul peak measured "
+          "around each timing (GFLOP/s in brackets)")
     columns = "".join(f" {n + ' RTF':>9} {'% peak':>14}" for n in names)
     fidelity = "".join(f" {n + ' SNR dB':>11}" for n in names if n != "fp32")
     print(f"{'model':>6} {'sampler':>8} {'steps':>5} {'audio s':>7}{columns}{fidelity}")
@@ -211,7 +216,8 @@ def main() -> None:
             seconds = 1.0 if sampler == "ddpm" else args.seconds
             steps = {"fast": len(config.diffusion.fast_schedule), "ddpm": config.diffusion.num_steps,
                      "ddim": min(DDIM_DEFAULT_STEPS, config.diffusion.num_steps)}[sampler]
-            results = {name: rtf_and_peak(vocoder, seconds, sampler) for name, vocoder in vocoders.items()}
+            results = {name: rtf_and_peak(vocoder, seconds, sampler, args.repeats)
+                       for name, vocoder in vocoders.items()}
             row = f"{model:>6} {sampler:>8} {steps:5d} {seconds:7.1f}"
             for rtf, peak in results.values():
                 gflops = flops_per_sample_step(config) * config.audio.sample_rate * steps / rtf / 1e9
