@@ -258,7 +258,8 @@ def time_major_conditioning(upsampled: Tensor, layers: nn.ModuleList, gemm_dtype
                 bias, weight = (bias + layer.dilated_conv.bias) * scale, weight * scale
             weights.append(torch.cat([weight, bias[None]]).to(gemm_dtype))
         block = upsampled.new_ones(min(length, CONDITIONING_BLOCK), n_mels + 1, dtype=gemm_dtype)
-        staged = None if out.dtype == gemm_dtype else block.new_empty(block.shape[0], channels)  # before narrowing
+        # A narrower `out` (fp16 for fp32): each product lands here in fp32 first, then is rounded into `out`.
+        staged = None if out.dtype == gemm_dtype else block.new_empty(block.shape[0], channels)
         for row in range(batch):
             for low in range(0, length, CONDITIONING_BLOCK):
                 high = min(length, low + CONDITIONING_BLOCK)
