@@ -29,7 +29,11 @@ weights), through `Vocoder.vocode`, the path users call:
   fresh memory it needs each time, against one projection per utterance.
 - long input: RTF for --long-seconds of audio (chunked synthesis) against the --seconds RTF, and the RTF of
   the default windows (6 s on a CPU, 3 s for fp32 on a GPU) against one window of the whole input (the price
-  of windowing: the context each window computes again).
+  of windowing: the context each window computes again), where that window's conditioning fits in 6 GiB
+  (BASE at 30 s: 5.1 GiB on a CPU).
+- fp32 on a CPU keeps its cached conditioning in fp16, as `vocode` does (model/cpu_kernels.py,
+  `conditioning_storage`), so the fp32 rows and the SNR columns' fp32 reference include that rounding (93-111 dB
+  below the signal; README, Measured speed).
 - memory: the peak resident memory of a fresh process that vocodes --memory-seconds of audio with BASE,
   one child process per length, with `ddim` at 1 step so that 10 minutes take a few minutes on a CPU. The
   step count does not change the peak: every step of a window reuses the same tensors (x, the window's
@@ -57,6 +61,8 @@ from diffwave.diffusion.reverse_plans import DDIM_DEFAULT_STEPS
 from diffwave.inference import Vocoder
 from diffwave.model import DiffWave
 from diffwave.precision import DTYPES
+
+ONE_WINDOW_BYTES = 6 * 2**30  # the long input's one-window comparison runs only where its conditioning fits
 
 
 def flops_per_sample_step(config) -> float:
@@ -235,9 +241,16 @@ def main() -> None:
         short, long = vocode_rtf(base, args.seconds, "fast")[0], vocode_rtf(base, args.long_seconds, "fast")[0]
         print(f"BASE fast {names[0]}, RTF {args.long_seconds:g} s / {args.seconds:g} s: {long:.3f} / {short:.3f} = "
               f"{long / short:.2f}")
-        whole = vocode_rtf(base, args.long_seconds, "fast", chunk_seconds=None)[0]
-        print(f"BASE fast {names[0]}, {args.long_seconds:g} s, RTF with default windows / one window: "
-              f"{long:.3f} / {whole:.3f} = {long / whole:.2f}")
+        model = base.model
+        cache = (args.long_seconds * base.sample_rate * len(model.residual_layers) * 2 * model.residual_channels
+                 * model.conditioning_dtype(base.dtype, device).itemsize)
+        if cache > ONE_WINDOW_BYTES:
+            print(f"BASE fast {names[0]}, {args.long_seconds:g} s in one window: skipped (its conditioning would "
+                  f"take {cache / 2**30:.1f} GiB)")
+        else:
+            whole = vocode_rtf(base, args.long_seconds, "fast", chunk_seconds=None)[0]
+            print(f"BASE fast {names[0]}, {args.long_seconds:g} s, RTF with default windows / one window: "
+                  f"{long:.3f} / {whole:.3f} = {long / whole:.2f}")
     for name in names if args.memory_seconds else ():
         memory_rows(args.memory_seconds, device, name)
 

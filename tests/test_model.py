@@ -278,6 +278,8 @@ def test_the_fp32_engine_reads_fp16_conditioning_as_its_rounded_values() -> None
     assert not torch.equal(stored.float(), exact)
     whole = model.reference_forward(x, t, stored.float())
     assert torch.allclose(whole, tiled, atol=1e-5)
+    with torch.no_grad(), pytest.raises(ValueError, match="not torch.bfloat16"):  # bf16 holds another form
+        model.condition(mel, out=conditioning_view(buffer.to(torch.bfloat16), 2, 10, 8, frames * 16))
 
 
 def test_training_formulation_matches_the_stacked_conditioning_in_output_and_gradients() -> None:

@@ -199,7 +199,9 @@ class DiffWave(nn.Module):
         model/cpu_kernels.py reads each tile's conditioning as one block.
         `out`, a tensor of the result's shape, receives the result (directly on the CPU inference path, by a
         copy otherwise): a caller conditioning window after window can reuse one buffer rather than have the
-        operating system fault in fresh gigabytes (about 1 s per 5 s of audio for BASE on a CPU).
+        operating system fault in fresh gigabytes (about 1 s per 5 s of audio for BASE on a CPU). On the CPU
+        fp32 path `out` may be fp16, as samplers keep it (`conditioning_dtype`): products computed in fp32 and
+        rounded once.
         """
         if self.n_mels is None:
             return None
