@@ -3,7 +3,8 @@ per tile length (`model/cpu_kernels.py` INFERENCE_TILE), beside the bf16 engine,
 
     python benchmarks/tile_length.py [--seconds 5] [--fp32 2048,4096,8192]
 
-Prints the median of 5 timed evaluations per length (after one warm-up), and the CPU it ran on. bf16 needs a CPU
+Prints the median of 5 timed evaluations per length (after one warm-up), and the CPU it ran on. The conditioning
+is kept as samplers keep it (fp16 for fp32, `cpu_kernels.conditioning_storage`). bf16 needs a CPU
 with bf16 matrix units (AMX, AVX512-BF16) to mean anything; elsewhere PyTorch emulates it.
 """
 
@@ -17,6 +18,13 @@ import torch
 
 from diffwave.model import DiffWave, cpu_kernels
 from diffwave.precision import cpu_model
+
+
+def conditioning_buffer(model: DiffWave, samples: int, dtype: torch.dtype) -> torch.Tensor:
+    """The conditioning buffer a sampler keeps for `dtype` on the CPU (fp16 for fp32)."""
+    layers, channels = len(model.residual_layers), 2 * model.residual_channels
+    storage = torch.empty(layers * channels * samples, dtype=model.conditioning_dtype(dtype, torch.device("cpu")))
+    return cpu_kernels.conditioning_view(storage, 1, layers, channels, samples)
 
 
 def lengths(text: str) -> list[int]:
@@ -37,7 +45,7 @@ def main() -> None:
     print(f"BASE, one evaluation of {frames * 256 / 22050:.2f} s; CPU {cpu_model()}, {torch.get_num_threads()} threads")
     for dtype, name, tiles in ((torch.float32, "fp32", args.fp32), (torch.bfloat16, "bf16", [None])):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            cond = model.condition(mel)
+            cond = model.condition(mel, out=conditioning_buffer(model, frames * 256, dtype))  # as samplers keep it
             for tile in tiles:
                 if tile is not None:
                     cpu_kernels.INFERENCE_TILE = tile
