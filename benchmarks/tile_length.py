@@ -20,13 +20,6 @@ from diffwave.model import DiffWave, cpu_kernels
 from diffwave.precision import cpu_model
 
 
-def conditioning_buffer(model: DiffWave, samples: int, dtype: torch.dtype) -> torch.Tensor:
-    """The conditioning buffer a sampler keeps for `dtype` on the CPU (fp16 for fp32)."""
-    layers, channels = len(model.residual_layers), 2 * model.residual_channels
-    storage = torch.empty(layers * channels * samples, dtype=model.conditioning_dtype(dtype, torch.device("cpu")))
-    return cpu_kernels.conditioning_view(storage, 1, layers, channels, samples)
-
-
 def lengths(text: str) -> list[int]:
     return [int(value) for value in text.split(",") if value]
 
@@ -45,7 +38,10 @@ def main() -> None:
     print(f"BASE, one evaluation of {frames * 256 / 22050:.2f} s; CPU {cpu_model()}, {torch.get_num_threads()} threads")
     for dtype, name, tiles in ((torch.float32, "fp32", args.fp32), (torch.bfloat16, "bf16", [None])):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            cond = model.condition(mel, out=conditioning_buffer(model, frames * 256, dtype))  # as samplers keep it
+            stored = model.conditioning_dtype(dtype, torch.device("cpu"))  # as samplers keep it: fp16 for fp32
+            out = cpu_kernels.empty_conditioning(1, len(model.residual_layers), 2 * model.residual_channels,
+                                                 frames * 256, stored)
+            cond = model.condition(mel, out=out)
             for tile in tiles:
                 if tile is not None:
                     cpu_kernels.INFERENCE_TILE = tile

@@ -14,7 +14,7 @@ from diffwave.model.cpu_kernels import (
     LayerWorkload,
     bf16_engine_available,
     conditioning_storage,
-    conditioning_view,
+    empty_conditioning,
     prepared_weights,
 )
 
@@ -73,8 +73,8 @@ def test_aten_ops_per_layer_per_step(dtype: torch.dtype) -> None:
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
     with torch.inference_mode(), autocast:
         if dtype == torch.float32:  # kept as samplers keep it on a CPU: fp16 (`conditioning_storage`)
-            storage = torch.empty(LAYERS * 32 * 100 * 16, dtype=conditioning_storage(dtype))
-            cond = model.condition(torch.randn(1, 6, 100), out=conditioning_view(storage, 1, LAYERS, 32, 100 * 16))
+            storage = empty_conditioning(1, LAYERS, 32, 100 * 16, conditioning_storage(dtype))
+            cond = model.condition(torch.randn(1, 6, 100), out=storage)
             assert cond.dtype == torch.float16
         model(x, t, cond)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:

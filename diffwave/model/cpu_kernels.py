@@ -228,6 +228,14 @@ def conditioning_view(flat: Tensor, rows: int, layers: int, channels: int, lengt
     return flat[:size].view(rows, layers, channels, length)
 
 
+def empty_conditioning(rows: int, layers: int, channels: int, length: int, dtype: torch.dtype,
+                       device: torch.device | str | None = None) -> Tensor:
+    """A fresh, uninitialised conditioning buffer [rows, L, channels, length] in the layout of
+    `conditioning_view`."""
+    return conditioning_view(torch.empty(rows * layers * channels * length, dtype=dtype, device=device), rows, layers,
+                             channels, length)
+
+
 def time_major_conditioning(upsampled: Tensor, layers: nn.ModuleList, gemm_dtype: torch.dtype,
                             out: Tensor | None) -> Tensor:
     """All layers' 1x1 projections of the upsampled mel [B, n_mels, N] as matrix products written time-major
@@ -247,8 +255,7 @@ def time_major_conditioning(upsampled: Tensor, layers: nn.ModuleList, gemm_dtype
     projections = [layer.conditioner_projection for layer in layers]
     channels = projections[0].out_channels
     if out is None:
-        out = conditioning_view(upsampled.new_empty(batch * len(projections) * channels * length, dtype=gemm_dtype),
-                                batch, len(projections), channels, length)
+        out = empty_conditioning(batch, len(projections), channels, length, gemm_dtype, upsampled.device)
     if out.dtype not in (gemm_dtype, conditioning_storage(gemm_dtype)):  # the bf16 form is no fp32 projection
         raise ValueError(f"conditioning for {gemm_dtype} GEMMs goes into {gemm_dtype} or "
                          f"{conditioning_storage(gemm_dtype)}, not {out.dtype}")
@@ -446,21 +453,17 @@ class LayerWorkload:
         whole_signal = dtype != torch.float32 and not bf16_engine_available()
         layer = self._layers[0]
         with torch.no_grad():
-            if dtype not in self._conditioning:  # the engines' cache as a sampler keeps it (`conditioning_storage`)
-                self._conditioning[dtype] = (layer.conditioner_projection(upsampled) if whole_signal else
-                                             time_major_conditioning(upsampled, self._layers, dtype,
-                                                                     self._conditioning_buffer(dtype)))
+            if dtype not in self._conditioning and whole_signal:
+                self._conditioning[dtype] = layer.conditioner_projection(upsampled)
+            elif dtype not in self._conditioning:  # the engines' cache as a sampler keeps it (`conditioning_storage`)
+                out = empty_conditioning(1, 1, 2 * self.channels, CALIBRATION_SAMPLES, conditioning_storage(dtype))
+                self._conditioning[dtype] = time_major_conditioning(upsampled, self._layers, dtype, out)
             if whole_signal:
                 with torch.autocast("cpu", dtype=dtype):
                     gated_layer(h.transpose(1, 2), None, steps[:, 0], self._conditioning[dtype], None,
                                 layer.dilated_conv, None, layer.output_projection)
                 return
             tiled_layers(self._layers, h.clone(), steps, self._conditioning[dtype], None, dtype)  # h is overwritten
-
-    def _conditioning_buffer(self, dtype: torch.dtype) -> Tensor:
-        size = 2 * self.channels * CALIBRATION_SAMPLES
-        return conditioning_view(torch.empty(size, dtype=conditioning_storage(dtype)), 1, 1, 2 * self.channels,
-                                 CALIBRATION_SAMPLES)
 
     @torch.inference_mode(False)
     def _build(self) -> None:
